@@ -1,0 +1,1 @@
+"""Clients for outside providers, each speaking the provider's real HTTP API."""

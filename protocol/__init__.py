@@ -1,0 +1,1 @@
+"""The wire contract in code: shapes, cursors, codecs and a reference client."""

@@ -1,0 +1,1 @@
+"""Persistence: models, migrations, the change log and the cache / pub-sub backends."""

@@ -1,0 +1,202 @@
+"""The one write path: every change to a synced table is logged in its own transaction.
+
+Storage functions take a `Tx` and call `tx.changed(...)` for every synced row they touch;
+`ChangeLog.transaction()` appends those records when the work is done and commits them with
+it. Nothing writes a synced table any other way.
+
+Why positions never skip (PostgreSQL): a sequence value is handed out before commit, so
+transaction A can take position 10, B position 11, and B commit first; a reader that saw 11
+and moved its cursor past 10 would never see A. We serialise the *append* with a
+transaction-scoped advisory lock taken at the very end of the transaction, after all its row
+locks: the position is assigned while holding the lock and the lock is released only by
+COMMIT, so positions become visible strictly in order. The critical section is just the
+append and the commit, so it costs little, and taking it last means it can never be part of
+a lock cycle with row locks. (The alternative, capping reads at
+`pg_snapshot_xmin(pg_current_snapshot())` with xid8 stamps, avoids the lock but makes every
+pull lag behind the oldest open transaction, including unrelated long ones.)
+SQLite has a single writer (`BEGIN IMMEDIATE`), so commit order is append order already.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import orjson
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.cache import Cache
+from storage.db import Database, now_ms
+from storage.models import ChangeLogEntry
+from storage.pubsub import PubSub
+
+log = logging.getLogger("freshroots.changelog")
+T = TypeVar("T")
+
+# Any fixed 64-bit key; only the change-log append takes it.
+APPEND_LOCK_KEY = 0x46524C4F47  # "FRLOG"
+CHANGES_CHANNEL = "changes"
+
+UPDATED, ENTERED, LEFT = 0, 1, 2
+
+
+@dataclass
+class _Pending:
+    kind: int
+    fields: set[str] = field(default_factory=set)
+
+
+class Tx:
+    """A write transaction with its change records, appended at commit."""
+
+    def __init__(self, conn: AsyncConnection, dialect: str) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self._pending: dict[tuple[str, str, str], _Pending] = {}
+        self.after_commit: list[Callable[[], Awaitable[None]]] = []
+
+    def changed(
+        self,
+        table: str,
+        row_id: str,
+        *,
+        fields: Iterable[str] = (),
+        before: frozenset[str],
+        after: frozenset[str],
+    ) -> None:
+        """Record that a row changed. `before`/`after` are the scopes it was/is visible in."""
+        changed_fields = set(fields)
+        for scope in before | after:
+            if scope in before and scope in after:
+                kind = UPDATED
+            elif scope in after:
+                kind = ENTERED
+            else:
+                kind = LEFT
+            key = (scope, table, row_id)
+            pending = self._pending.get(key)
+            if pending is None:
+                self._pending[key] = _Pending(kind, set(changed_fields))
+                continue
+            # Merge several writes to one row in one transaction into one record.
+            if kind != UPDATED:
+                pending.kind = kind
+            pending.fields |= changed_fields
+
+    def created(self, table: str, row_id: str, scopes: frozenset[str]) -> None:
+        self.changed(table, row_id, before=frozenset(), after=scopes)
+
+    def checkpoint(self) -> dict[tuple[str, str, str], _Pending]:
+        """A copy of the records so far, to restore when a savepoint is rolled back."""
+        return {key: _Pending(p.kind, set(p.fields)) for key, p in self._pending.items()}
+
+    def restore(self, checkpoint: dict[tuple[str, str, str], _Pending]) -> None:
+        self._pending = checkpoint
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._pending)
+
+    async def append(self) -> tuple[dict[str, int], set[str]]:
+        """Write the change records; returns the head position per scope and the tables."""
+        if not self._pending:
+            return {}, set()
+        if self.dialect == "postgresql":
+            await self.conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY}
+            )
+        committed_at = now_ms()
+        records = [
+            {
+                "scope": scope,
+                "table_name": table,
+                "row_id": row_id,
+                "kind": pending.kind,
+                "fields": ",".join(sorted(pending.fields)),
+                "committed_at": committed_at,
+            }
+            for (scope, table, row_id), pending in self._pending.items()
+        ]
+        result = await self.conn.execute(
+            insert(ChangeLogEntry).returning(ChangeLogEntry.position, ChangeLogEntry.scope),
+            records,
+        )
+        heads: dict[str, int] = {}
+        for position, scope in result.all():
+            if position > heads.get(scope, 0):
+                heads[scope] = position
+        return heads, {table for (_scope, table, _row) in self._pending}
+
+
+class ChangeFeed:
+    """Announces committed positions: per-scope heads in the cache, a signal on pub/sub.
+
+    The heads let a pull with nothing new answer without touching the database. They are a
+    hint with a short TTL: if an announcement is lost (a crash right after commit), the head
+    is recomputed from the log when it expires, so a change can be late but never skipped.
+    """
+
+    def __init__(self, cache: Cache, pubsub: PubSub, head_ttl: int) -> None:
+        self.cache = cache
+        self.pubsub = pubsub
+        self.head_ttl = head_ttl
+        self.listeners: list[Callable[[dict[str, int], set[str]], Awaitable[None]]] = []
+
+    async def announce(self, heads: dict[str, int], tables: set[str]) -> None:
+        try:
+            for scope, position in heads.items():
+                await self.cache.set_max(f"head:{scope}", position, self.head_ttl)
+            await self.pubsub.publish(CHANGES_CHANNEL, orjson.dumps(heads))
+        except Exception:  # committed already; a lost announcement only delays readers
+            log.exception("could not announce committed changes")
+        for listener in self.listeners:
+            try:
+                await listener(heads, tables)
+            except Exception:
+                log.exception("change listener failed")
+
+    async def cached_heads(self, scopes: Sequence[str]) -> list[int | None]:
+        values = await self.cache.get_many([f"head:{scope}" for scope in scopes])
+        return [None if value is None else int(value) for value in values]
+
+    async def remember_head(self, scope: str, position: int) -> None:
+        await self.cache.set_max(f"head:{scope}", position, self.head_ttl)
+
+
+class ChangeLog:
+    def __init__(self, db: Database, feed: ChangeFeed) -> None:
+        self.db = db
+        self.feed = feed
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self.db.write() as conn:
+            tx = Tx(conn, self.db.dialect)
+            yield tx
+            heads, tables = await tx.append()
+        if heads:
+            await self.feed.announce(heads, tables)
+        for hook in tx.after_commit:
+            try:
+                await hook()
+            except Exception:
+                log.exception("after-commit hook failed")
+
+    async def run(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, again from scratch after a serialisation conflict."""
+
+        async def attempt() -> T:
+            async with self.transaction() as tx:
+                return await work(tx)
+
+        return await self.db.retrying(attempt)
+
+    async def head(self, conn: AsyncConnection, scopes: Sequence[str] | None = None) -> int:
+        query = select(func.coalesce(func.max(ChangeLogEntry.position), 0))
+        if scopes is not None:
+            query = query.where(ChangeLogEntry.scope.in_(scopes))
+        return int((await conn.execute(query)).scalar_one())

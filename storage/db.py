@@ -1,0 +1,182 @@
+"""The database handle: one async engine chosen by URL scheme, and its transactions.
+
+`sqlite:///file.db` is the embedded default (WAL, one writer at a time);
+`postgresql://user@host:port/db` is production. Both run the same code above this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import event, exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from sync_server.errors import ServiceUnavailable
+
+log = logging.getLogger("freshroots.db")
+T = TypeVar("T")
+
+# PostgreSQL answers these when two transactions collide; the loser is rolled back whole and
+# can simply run again.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def async_url(url: str) -> str:
+    """Pick the asyncio driver for a plain `sqlite://` or `postgresql://` URL."""
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def sync_url(url: str) -> str:
+    """The blocking-driver URL, for Alembic."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_id() -> str:
+    """A short random id for server-made rows: 22 url-safe characters, 128 bits."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def is_retryable(error: BaseException) -> bool:
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Connection-level trouble (the database down, unreachable or busy), not a bug of ours."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.TimeoutError | exc.InterfaceError | ConnectionError | OSError):
+        return True
+    if isinstance(error, exc.OperationalError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        if sqlstate[:2] in {"08", "53", "57"}:  # connection, resources, operator intervention
+            return True
+        message = str(error.orig).lower()
+        return any(sign in message for sign in (
+            "database is locked", "disk i/o", "connection", "server closed", "could not connect"
+        ))
+    return False
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        options: dict[str, Any] = {"echo": echo}
+        if self.dialect == "postgresql":
+            options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                           pool_timeout=10)
+        else:
+            options.update(pool_size=pool_size, max_overflow=0, pool_timeout=30)
+        self.engine: AsyncEngine = create_async_engine(async_url(url), **options)
+        # SQLite has one writer; serialising writers in-process avoids busy-waiting on the
+        # file lock, and BEGIN IMMEDIATE takes that lock up front across processes.
+        self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction over one consistent snapshot (REPEATABLE READ on PostgreSQL)."""
+        try:
+            async with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execution_options(
+                        isolation_level="REPEATABLE READ", postgresql_readonly=True
+                    )
+                async with conn.begin():
+                    yield conn
+        except exc.SQLAlchemyError as error:
+            raise _translate(error) from error
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction; commits when the block ends without an exception."""
+        lock = self._sqlite_writer
+        try:
+            if lock is not None:
+                await lock.acquire()
+            try:
+                async with self.engine.connect() as conn:
+                    if self.dialect == "sqlite":
+                        await conn.execution_options(sqlite_immediate=True)
+                    async with conn.begin():
+                        yield conn
+            finally:
+                if lock is not None:
+                    lock.release()
+        except exc.SQLAlchemyError as error:
+            raise _translate(error) from error
+
+    async def retrying(self, work: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+        """Run a whole transaction again when PostgreSQL reports a serialisation conflict."""
+        for attempt in range(attempts):
+            try:
+                return await work()
+            except exc.DBAPIError as error:
+                if not is_retryable(error) or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.005 * (2**attempt))
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+
+def _translate(error: exc.SQLAlchemyError) -> BaseException:
+    if is_unavailable(error) and not is_retryable(error):
+        log.warning("database unavailable: %s", error.__class__.__name__)
+        return ServiceUnavailable("The database is unavailable; nothing was changed.")
+    return error
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL for concurrent readers, foreign keys on, and explicit BEGIN handling.
+
+    pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT; the documented
+    SQLAlchemy recipe is to turn it off and emit BEGIN ourselves.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

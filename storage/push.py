@@ -1,0 +1,153 @@
+"""Push: apply a device's queued mutations exactly once, in order, whatever the retries.
+
+Per `client_id` we keep the last processed mutation id and every outcome, written in the
+same transaction as the mutation's effects. The client row is locked (`FOR UPDATE`) for
+the batch, so a duplicate batch arriving on another instance while the first is still
+being applied waits, then finds the outcomes stored and returns them: at most once, ever,
+including after a crash (an uncommitted batch left no outcome and no effect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.activity import (
+    ExpressInterest,
+    MarkNotificationsRead,
+    RegisterDevice,
+    express_interest,
+    mark_notifications_read,
+    register_device,
+)
+from storage.changelog import ChangeLog, Tx
+from storage.db import now_ms
+from storage.models import MutationResult, SyncClient
+from storage.orders import PurchaseRequest, cancel_order, place_purchase_request
+from storage.scopes import Principal
+from sync_server.errors import Forbidden, MutationRejected, ValidationFailed
+
+
+class CancelOrder(msgspec.Struct, forbid_unknown_fields=True):
+    order_id: str
+
+
+class Mutation(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    name: str
+    args: dict[str, Any] = {}
+
+
+Handler = Callable[[Tx, Principal, Any], Awaitable[dict[str, Any]]]
+HANDLERS: dict[str, tuple[type[msgspec.Struct], Handler]] = {
+    "purchase_request": (PurchaseRequest, place_purchase_request),
+    "express_interest": (ExpressInterest, express_interest),
+    "cancel_order": (CancelOrder, lambda tx, who, args: cancel_order(tx, who, args.order_id)),
+    "mark_notifications_read": (MarkNotificationsRead, mark_notifications_read),
+    "register_device": (RegisterDevice, register_device),
+}
+
+
+def rejected(mutation_id: int, code: str, message: str) -> dict[str, Any]:
+    return {"id": mutation_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+async def apply_mutation(tx: Tx, principal: Principal, mutation: Mutation) -> dict[str, Any]:
+    """Apply one mutation inside a savepoint; a business rejection undoes only its own writes."""
+    entry = HANDLERS.get(mutation.name)
+    if entry is None:
+        return rejected(mutation.id, "unknown_mutation", f"unknown mutation {mutation.name!r}")
+    args_type, handler = entry
+    try:
+        args = msgspec.convert(mutation.args, args_type)
+    except msgspec.ValidationError as error:
+        return rejected(mutation.id, "invalid_args", str(error))
+    checkpoint = tx.checkpoint()
+    savepoint = await tx.conn.begin_nested()
+    try:
+        result = await handler(tx, principal, args)
+    except MutationRejected as rejection:
+        await savepoint.rollback()
+        tx.restore(checkpoint)
+        return rejected(mutation.id, rejection.error_code, rejection.message)
+    await savepoint.commit()
+    return {"id": mutation.id, "ok": True, "result": result}
+
+
+async def _lock_client(tx: Tx, client_id: str, user_id: str) -> tuple[str, int]:
+    now = now_ms()
+    dialect_insert = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
+    await tx.conn.execute(
+        dialect_insert(SyncClient)
+        .values(client_id=client_id, user_id=user_id, last_mutation_id=0, created_at=now,
+                updated_at=now)
+        .on_conflict_do_nothing(index_elements=["client_id"])
+    )
+    query = select(SyncClient.user_id, SyncClient.last_mutation_id).where(
+        SyncClient.client_id == client_id
+    )
+    if tx.dialect == "postgresql":
+        query = query.with_for_update()
+    row = (await tx.conn.execute(query)).one()
+    return row.user_id, int(row.last_mutation_id)
+
+
+async def push(
+    changelog: ChangeLog, principal: Principal, client_id: str, mutations: list[Mutation]
+) -> list[dict[str, Any]]:
+    async def work(tx: Tx) -> list[dict[str, Any]]:
+        owner_id, last_id = await _lock_client(tx, client_id, principal.user_id)
+        if owner_id != principal.user_id:
+            raise Forbidden("This client_id belongs to another user.", code="client_id_taken")
+        earlier_ids = [mutation.id for mutation in mutations if mutation.id <= last_id]
+        stored: dict[int, dict[str, Any]] = {}
+        if earlier_ids:
+            rows = await tx.conn.execute(
+                select(MutationResult.mutation_id, MutationResult.outcome).where(
+                    MutationResult.client_id == client_id,
+                    MutationResult.mutation_id.in_(earlier_ids),
+                )
+            )
+            stored = {int(mutation_id): orjson.loads(outcome) for mutation_id, outcome in rows}
+        results: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
+        high_water = last_id
+        for mutation in mutations:
+            if mutation.id <= high_water:
+                previous = stored.get(mutation.id)
+                results.append(previous or rejected(
+                    mutation.id, "stale_mutation",
+                    "This mutation id is at or below one already processed; it was not applied.",
+                ))
+                continue
+            outcome = await apply_mutation(tx, principal, mutation)
+            results.append(outcome)
+            outcomes.append({"client_id": client_id, "mutation_id": mutation.id,
+                             "outcome": orjson.dumps(outcome).decode(), "created_at": now_ms()})
+            high_water = mutation.id
+        if outcomes:
+            await tx.conn.execute(insert(MutationResult), outcomes)
+            await tx.conn.execute(
+                update(SyncClient)
+                .where(SyncClient.client_id == client_id)
+                .values(last_mutation_id=high_water, updated_at=now_ms())
+            )
+        return results
+
+    return await changelog.run(work)
+
+
+def check_batch(mutations: list[Mutation]) -> None:
+    """Ids must strictly increase within a batch, as they do per client."""
+    previous = 0
+    for mutation in mutations:
+        if mutation.id <= previous:
+            raise ValidationFailed(
+                "mutation ids must be positive and strictly increasing", field="mutations[].id"
+            )
+        previous = mutation.id

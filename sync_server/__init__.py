@@ -1,0 +1,1 @@
+"""Fresh Roots sync server: the Starlette application, its routes and command line."""

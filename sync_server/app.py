@@ -1,0 +1,113 @@
+"""The application factory: `create_app(settings)` builds routes, middleware and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from storage.migrate import pending_message
+from sync_server.errors import FreshRootsError, error_response
+from sync_server.http import json_response
+from sync_server.middleware import (
+    BodyMiddleware,
+    CompressionMiddleware,
+    RequestLogMiddleware,
+    SecurityHeadersMiddleware,
+)
+from sync_server.openapi import build_openapi
+from sync_server.routes import admin, auth, health, listings, orders, sync
+from sync_server.services import open_services
+from sync_server.settings import Settings
+
+log = logging.getLogger("freshroots")
+VERSION = "0.1.0"
+
+
+class SchemaNotReady(RuntimeError):
+    pass
+
+
+async def on_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, FreshRootsError)
+    return error_response(error)
+
+
+async def on_http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    envelope = FreshRootsError(str(error.detail), code=codes.get(error.status_code, "http_error"))
+    response = error_response(envelope)
+    response.status_code = error.status_code
+    return response
+
+
+async def on_crash(request: Request, error: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(FreshRootsError())
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        problem = await anyio.to_thread.run_sync(pending_message, settings.database_url)
+        if problem is not None:
+            raise SchemaNotReady(problem)
+        async with open_services(settings) as services:
+            app.state.services = services
+
+            async def refresh_listing_caches(_heads: dict[str, int], tables: set[str]) -> None:
+                if "listings" in tables:
+                    await listings.bump_listings_generation(services)
+
+            services.feed.listeners.append(refresh_listing_caches)
+            yield
+
+    api_routes = [
+        *health.routes, *auth.routes, *listings.routes, *orders.routes, *admin.routes,
+        *sync.routes,
+    ]
+    openapi_document = build_openapi(api_routes, VERSION)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(openapi_document)
+
+    middleware = [
+        Middleware(RequestLogMiddleware),
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                   allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                   allow_headers=["authorization", "content-type", "content-encoding",
+                                  "idempotency-key", "if-none-match"],
+                   expose_headers=["etag", "retry-after", "x-request-id"], max_age=600),
+        Middleware(CompressionMiddleware),
+        Middleware(BodyMiddleware, max_bytes=settings.max_body_bytes),
+    ]
+    return Starlette(
+        routes=[*api_routes, Route("/openapi.json", openapi, methods=["GET"])],
+        middleware=middleware,
+        exception_handlers={
+            FreshRootsError: on_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_environment() -> Starlette:
+    """Entry point for `uvicorn --factory` (used by `freshroots serve --workers N`)."""
+    from sync_server.logs import configure_logging
+
+    settings = Settings.from_environ()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,188 @@
+"""`freshroots`: the server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from collections.abc import Sequence
+
+from sync_server.settings import ConfigError, Settings
+
+DESCRIPTION = """Fresh Roots sync server.
+
+Configuration comes from the environment (DATABASE_URL, REDIS_URL, JWT_SECRET, ...);
+with nothing set it runs embedded: a SQLite file in the working directory and in-process
+cache and pub/sub. See README.md for every variable."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_environ()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from storage.migrate import pending_message
+    from sync_server.logs import configure_logging
+
+    settings = _settings()
+    problem = pending_message(settings.database_url)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    print(f"Fresh Roots serving on http://{args.host}:{args.port} "
+          f"({'embedded SQLite' if settings.is_sqlite else 'PostgreSQL'}"
+          f"{' + Redis' if settings.redis_url else ', in-process cache'})", file=sys.stderr)
+    uvicorn.run(
+        "sync_server.app:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        proxy_headers=args.proxy_headers,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from storage.migrate import current_revision, head_revision, upgrade
+
+    settings = _settings()
+    before = current_revision(settings.database_url)
+    upgrade(settings.database_url)
+    after = head_revision()
+    if before == after:
+        print(f"schema already current ({after})")
+    else:
+        print(f"schema migrated: {before or 'empty'} -> {after}")
+    return 0
+
+
+async def _with_changelog(settings: Settings, work: object) -> object:
+    from storage.cache import MemoryCache
+    from storage.changelog import ChangeFeed, ChangeLog
+    from storage.db import Database
+    from storage.pubsub import MemoryPubSub
+
+    db = Database(settings.database_url, pool_size=2)
+    if settings.redis_url:
+        # Writes from the command line must still move the shared heads, or running servers
+        # would answer "nothing new" from their cache until the heads expire.
+        from redis.asyncio import Redis
+
+        from storage.cache import RedisCache
+
+        redis = Redis.from_url(settings.redis_url)
+        feed = ChangeFeed(RedisCache(redis, settings.redis_prefix), MemoryPubSub(),
+                          settings.head_cache_seconds)
+    else:
+        redis = None
+        feed = ChangeFeed(MemoryCache(), MemoryPubSub(), settings.head_cache_seconds)
+    try:
+        return await work(ChangeLog(db, feed))  # type: ignore[operator]
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await db.dispose()
+
+
+async def ensure_admin(settings: Settings, email: str, password: str, name: str) -> str:
+    from storage import users
+    from storage.changelog import ChangeLog
+    from sync_server.security import PasswordHasher
+
+    password_hash = await PasswordHasher(settings.bcrypt_rounds).hash(password)
+
+    async def work(changelog: ChangeLog) -> str:
+        async with changelog.transaction() as tx:
+            existing = await users.find_by_email(tx.conn, email)
+            if existing is None:
+                await users.create_user(tx, email=email, password_hash=password_hash,
+                                        name=name, phone=None, role="admin")
+                return "created"
+            await users.set_role(tx, existing["id"], "admin", password_hash)
+            return "updated"
+
+    return str(await _with_changelog(settings, work))
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    from sync_server.security import check_password_shape
+
+    settings = _settings()
+    try:
+        check_password_shape(args.password)
+    except Exception as error:
+        print(f"password rejected: {error}", file=sys.stderr)
+        return 2
+    outcome = asyncio.run(ensure_admin(settings, args.email, args.password, args.name))
+    print(f"admin {args.email} {outcome}")
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from storage.seed import seed_listings
+
+    settings = _settings()
+    report = asyncio.run(_with_changelog(
+        settings, lambda changelog: seed_listings(changelog, args.listings)))
+    print(f"demo listings: {report.listings_created} created, "  # type: ignore[attr-defined]
+          f"{report.listings_total} in the catalogue")  # type: ignore[attr-defined]
+    password = args.admin_password or secrets.token_urlsafe(9)
+    outcome = asyncio.run(ensure_admin(settings, args.admin_email, password, "Demo admin"))
+    print(f"demo admin {outcome}: email {args.admin_email}  password {password}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freshroots", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the HTTP and WebSocket API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes (default 1; use >1 only with PostgreSQL + Redis)")
+    serve.add_argument("--proxy-headers", action="store_true",
+                       help="trust X-Forwarded-For from --forwarded-allow-ips (behind nginx)")
+    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1",
+                       help="proxies trusted for X-Forwarded-* (default 127.0.0.1)")
+    serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.set_defaults(run=cmd_migrate)
+
+    seed = commands.add_parser("seed-demo", help="load a demo catalogue and a demo admin")
+    seed.add_argument("--listings", type=int, default=40, help="how many listings (default 40)")
+    seed.add_argument("--admin-email", default="admin@freshroots.demo")
+    seed.add_argument("--admin-password", default=None,
+                      help="demo admin password (default: a new random one, printed)")
+    seed.set_defaults(run=cmd_seed_demo)
+
+    admin = commands.add_parser("create-admin", help="create an admin, or promote a user")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", required=True)
+    admin.add_argument("--name", default="Admin")
+    admin.set_defaults(run=cmd_create_admin)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Public listings: search with filters and keyset paging, one listing; cached.
+
+Cached pages are keyed by a *generation* that changes after every committed listing change,
+so a cached page is never served once a listing changed: requests after the change look up
+a new key. (A request that read the old generation before the commit may still store its
+page, but under the old key that nobody asks for any more.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import orjson
+from sqlalchemy import insert
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from storage.db import now_ms
+from storage.listings import ListingQuery, get_listing, search_listings
+from storage.models import SearchLog
+from storage.scopes import Principal
+from sync_server.http import (
+    doc,
+    optional_principal,
+    path_param,
+    query_bool,
+    query_int,
+)
+from sync_server.services import Services, services_of
+
+GENERATION_KEY = "listings:generation"
+GENERATION_TTL = 86_400
+
+
+async def listings_generation(services: Services) -> str:
+    value = await services.cache.get(GENERATION_KEY)
+    if value is None:
+        return await bump_listings_generation(services)
+    return value.decode()
+
+
+async def bump_listings_generation(services: Services) -> str:
+    # A random token, not a counter: a counter that expired and restarted could meet
+    # an old page cached under the same number.
+    generation = secrets.token_hex(6)
+    await services.cache.set(GENERATION_KEY, generation.encode(), GENERATION_TTL)
+    return generation
+
+
+def _viewer_class(principal: Principal | None) -> str:
+    return "admin" if principal is not None and principal.is_admin else "public"
+
+
+async def _cached(services: Services, key: str) -> bytes | None:
+    if services.settings.listings_cache_seconds <= 0:
+        return None
+    try:
+        return await services.cache.get(key)
+    except Exception:  # the cache is an optimisation: when it is down, serve from the database
+        return None
+
+
+async def _store(services: Services, key: str, body: bytes) -> None:
+    if services.settings.listings_cache_seconds <= 0:
+        return
+    try:
+        await services.cache.set(key, body, services.settings.listings_cache_seconds)
+    except Exception:
+        return
+
+
+@doc("Search and filter listings (keyset paged)", tag="listings",
+     query=("q", "category", "min_price", "max_price", "in_stock", "cursor", "limit"))
+async def list_listings(request: Request) -> Response:
+    services = services_of(request)
+    principal = await optional_principal(request)
+    query = ListingQuery(
+        q=(request.query_params.get("q") or None),
+        category=request.query_params.get("category") or None,
+        min_price=query_int(request, "min_price", minimum=0),
+        max_price=query_int(request, "max_price", minimum=0),
+        in_stock=query_bool(request, "in_stock"),
+        cursor=request.query_params.get("cursor") or None,
+        limit=query_int(request, "limit", 20, minimum=1, maximum=100) or 20,
+    )
+    if query.q is not None and len(query.q) > 200:
+        query = ListingQuery(**{**query.__dict__, "q": query.q[:200]})
+    fingerprint = hashlib.sha256(orjson.dumps(query.__dict__)).hexdigest()[:24]
+    key = f"listings:{await listings_generation(services)}:{_viewer_class(principal)}:{fingerprint}"
+    body = await _cached(services, key)
+    if body is None:
+        async with services.db.read() as conn:
+            items, next_cursor = await search_listings(conn, services.db.dialect, principal, query)
+        body = orjson.dumps({"items": items, "next_cursor": next_cursor})
+        await _store(services, key, body)
+        if query.q and query.cursor is None:
+            async with services.db.write() as conn:
+                await conn.execute(insert(SearchLog).values(
+                    query=query.q[:200], results=len(items), created_at=now_ms()))
+    return Response(body, media_type="application/json")
+
+
+@doc("One listing", tag="listings")
+async def one_listing(request: Request) -> Response:
+    services = services_of(request)
+    principal = await optional_principal(request)
+    listing_id = path_param(request, "listing_id")
+    key = f"listing:{await listings_generation(services)}:{_viewer_class(principal)}:{listing_id}"
+    body = await _cached(services, key)
+    if body is None:
+        async with services.db.read() as conn:
+            listing = await get_listing(conn, principal, listing_id)
+        body = orjson.dumps(listing)
+        await _store(services, key, body)
+    return Response(body, media_type="application/json")
+
+
+routes = [
+    Route("/api/listings", list_listings, methods=["GET"]),
+    Route("/api/listings/{listing_id}", one_listing, methods=["GET"]),
+]
+
+__all__ = ["bump_listings_generation", "routes"]

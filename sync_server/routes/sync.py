@@ -1,0 +1,132 @@
+"""Delta sync over HTTP: pull (changesets since a cursor) and push (queued mutations)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from protocol.cursor import CursorState, ForeignCursor, LogCursor
+from storage.pull import CursorExpired, PullPage, pull_page
+from storage.push import Mutation, check_batch, push
+from storage.scopes import Principal
+from sync_server.errors import ValidationFailed
+from sync_server.http import authenticate, doc, json_response, query_int, read_json
+from sync_server.services import Services, services_of
+
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
+MAX_MUTATIONS = 100
+
+
+class PushBody(msgspec.Struct, forbid_unknown_fields=True):
+    client_id: str
+    mutations: list[Mutation]
+
+
+def decode_cursor(services: Services, principal: Principal, token: str | None
+                  ) -> tuple[CursorState | None, bool]:
+    """(state, reset): a cursor we did not issue to this user restarts with a snapshot."""
+    if token is None or token == "":
+        return None, False
+    try:
+        return services.cursors.decode(token, principal.user_id), False
+    except ForeignCursor:
+        return None, True
+
+
+async def nothing_new(services: Services, principal: Principal, state: CursorState | None
+                      ) -> bool:
+    """Fast path: the cached heads prove no change in scope since the cursor (no database)."""
+    if not isinstance(state, LogCursor):
+        return False
+    try:
+        heads = await services.feed.cached_heads(principal.scopes)
+    except Exception:
+        return False
+    return all(head is not None and head <= state.position for head in heads)
+
+
+async def read_page(services: Services, principal: Principal, state: CursorState | None,
+                    reset: bool, limit: int) -> PullPage:
+    async with services.db.read() as conn:
+        try:
+            page = await pull_page(conn, principal, state, limit)
+        except CursorExpired:
+            page = await pull_page(conn, principal, None, limit)
+            reset = True
+    page.reset = reset
+    if not page.more and isinstance(page.next_state, LogCursor):
+        # Nothing in scope after this position when we read it, and every later commit gets a
+        # larger position, so it is a safe head for the fast path.
+        for scope in principal.scopes:
+            try:
+                await services.feed.remember_head(scope, page.next_state.position)
+            except Exception:
+                break
+    return page
+
+
+def page_body(services: Services, principal: Principal, page: PullPage) -> dict[str, Any]:
+    return {
+        "cursor": services.cursors.encode(page.next_state, principal.user_id),
+        "more": page.more,
+        "reset": page.reset,
+        "changes": page.changes,
+    }
+
+
+@doc("Pull changes since a cursor (no cursor: initial snapshot)", auth="user", tag="sync",
+     query=("cursor", "limit"))
+async def pull(request: Request) -> Response:
+    principal = await authenticate(request)
+    services = services_of(request)
+    settings = services.settings
+    limit = query_int(request, "limit", settings.pull_default_limit, minimum=1,
+                      maximum=settings.pull_max_limit) or settings.pull_default_limit
+    token = request.query_params.get("cursor")
+    state, reset = decode_cursor(services, principal, token)
+    if_none_match = request.headers.get("if-none-match")
+    etag_of_request = f'"{token}"' if token else None
+
+    if not reset and await nothing_new(services, principal, state):
+        if if_none_match is not None and if_none_match == etag_of_request:
+            return Response(status_code=304, headers={"etag": if_none_match})
+        return json_response({"cursor": token, "more": False, "reset": False, "changes": {}},
+                             headers={"etag": etag_of_request or ""})
+
+    page = await read_page(services, principal, state, reset, limit)
+    body = page_body(services, principal, page)
+    etag = f'"{body["cursor"]}"'
+    if (not page.changes and not page.more and not page.reset and if_none_match == etag
+            and etag == etag_of_request):
+        return Response(status_code=304, headers={"etag": etag})
+    return json_response(body, headers={"etag": etag})
+
+
+@doc("Push queued mutations; each is applied at most once, ever", auth="user", body=PushBody,
+     tag="sync")
+async def push_route(request: Request) -> Response:
+    principal = await authenticate(request)
+    services = services_of(request)
+    body = await read_json(request, PushBody)
+    if not CLIENT_ID.match(body.client_id):
+        raise ValidationFailed("client_id must be 8 to 64 characters of [A-Za-z0-9_.:-]",
+                               field="client_id")
+    if len(body.mutations) > MAX_MUTATIONS:
+        raise ValidationFailed(f"at most {MAX_MUTATIONS} mutations per push",
+                               field="mutations")
+    check_batch(body.mutations)
+    if not body.mutations:
+        return json_response({"results": []})
+    results = await push(services.changelog, principal, body.client_id, body.mutations)
+    return json_response({"results": results})
+
+
+routes = [
+    Route("/api/sync/pull", pull, methods=["GET"]),
+    Route("/api/sync/push", push_route, methods=["POST"]),
+]

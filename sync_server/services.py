@@ -1,0 +1,97 @@
+"""Everything a handler needs, opened once in the lifespan and handed down through app state.
+
+No module-level globals: two apps built side by side (two "instances" in one test) each
+have their own engine, Redis client and httpx client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+from starlette.requests import HTTPConnection
+
+from protocol.cursor import CursorCodec
+from storage.cache import Cache, MemoryCache, RedisCache
+from storage.changelog import CHANGES_CHANNEL, ChangeFeed, ChangeLog
+from storage.db import Database
+from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
+from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
+from sync_server.ratelimit import RateLimiter
+from sync_server.security import AccessTokens, PasswordHasher
+from sync_server.settings import Settings
+
+log = logging.getLogger("freshroots")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    cache: Cache
+    pubsub: PubSub
+    feed: ChangeFeed
+    changelog: ChangeLog
+    refresh_tokens: RefreshTokenStore
+    access_tokens: AccessTokens
+    passwords: PasswordHasher
+    limiter: RateLimiter
+    cursors: CursorCodec
+    http: httpx.AsyncClient
+    redis: Redis | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    redis: Redis | None = None
+    cache: Cache
+    pubsub: PubSub
+    refresh_tokens: RefreshTokenStore
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
+                               health_check_interval=30)
+        cache = RedisCache(redis, settings.redis_prefix)
+        pubsub = RedisPubSub(redis, settings.redis_prefix, channels=(CHANGES_CHANNEL,))
+        refresh_tokens = RedisTokenStore(redis, settings.redis_prefix,
+                                         settings.refresh_token_seconds)
+    else:
+        cache = MemoryCache()
+        pubsub = MemoryPubSub()
+        refresh_tokens = DatabaseTokenStore(db, settings.refresh_token_seconds)
+    feed = ChangeFeed(cache, pubsub, settings.head_cache_seconds)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0),
+                             headers={"user-agent": "freshroots-sync/0.1"})
+    services = Services(
+        settings=settings,
+        db=db,
+        cache=cache,
+        pubsub=pubsub,
+        feed=feed,
+        changelog=ChangeLog(db, feed),
+        refresh_tokens=refresh_tokens,
+        access_tokens=AccessTokens(settings.jwt_secret, settings.access_token_seconds),
+        passwords=PasswordHasher(settings.bcrypt_rounds),
+        limiter=RateLimiter(cache, settings.rate_limits),
+        cursors=CursorCodec(settings.jwt_secret.encode()),
+        http=http,
+        redis=redis,
+    )
+    await pubsub.start()
+    try:
+        yield services
+    finally:
+        await pubsub.stop()
+        await http.aclose()
+        if redis is not None:
+            await redis.aclose()
+        await db.dispose()
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    services: Services = connection.app.state.services
+    return services

@@ -1,0 +1,185 @@
+"""Configuration, read once from the environment into one typed, immutable object.
+
+Every knob the server has lives here. `Settings.from_environ()` validates at start-up and
+names the offending variable in its error; secrets are never part of `repr()`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SQLITE_FILE = "freshroots.db"
+SECRET_FILE_NAME = ".freshroots_jwt_secret"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true/false, got {raw!r}")
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = environ.get(name, "")
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _secret_from_file(directory: Path) -> str:
+    """Embedded default only: a secret generated on first start and kept beside the database."""
+    path = directory / SECRET_FILE_NAME
+    if path.exists():
+        return path.read_text().strip()
+    directory.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    # O_EXCL: two processes starting together must not each write a different secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    enabled: bool = True
+    # Per account: a burst of wrong passwords for one email is cut off quickly.
+    login_failures_per_account: int = 10
+    login_failure_window: int = 900
+    # Per IP, failed logins only: generous, because many phones share a carrier NAT address.
+    login_failures_per_ip: int = 200
+    registrations_per_ip: int = 200
+    registration_window: int = 3600
+    # Authenticated routes are limited per user, never per IP.
+    requests_per_user: int = 600
+    user_window: int = 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite:///{DEFAULT_SQLITE_FILE}"
+    redis_url: str | None = None
+    redis_prefix: str = "fr:"
+    jwt_secret: str = field(default="", repr=False)
+    access_token_seconds: int = 900
+    refresh_token_seconds: int = 60 * 60 * 24 * 30
+    bcrypt_rounds: int = 12
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    rate_limits: RateLimits = RateLimits()
+    changelog_retention_seconds: int = 60 * 60 * 24 * 30
+    pull_default_limit: int = 200
+    pull_max_limit: int = 1000
+    listings_cache_seconds: int = 600
+    head_cache_seconds: int = 30
+    log_level: str = "INFO"
+    db_pool_size: int = 10
+    sentry_dsn: str | None = field(default=None, repr=False)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.is_sqlite and self.redis_url is None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_FILE}"
+        if not database_url.startswith(("sqlite://", "sqlite+", "postgresql://", "postgresql+")):
+            raise ConfigError(
+                "DATABASE_URL must start with sqlite:/// or postgresql://, got "
+                f"{database_url.split('://')[0]!r}"
+            )
+        redis_url = env.get("REDIS_URL") or None
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must start with redis:// or rediss://")
+
+        jwt_secret = env.get("JWT_SECRET", "")
+        if not jwt_secret:
+            if not database_url.startswith("sqlite"):
+                raise ConfigError(
+                    "JWT_SECRET is required when DATABASE_URL is PostgreSQL: every instance must "
+                    "sign tokens with the same secret (e.g. JWT_SECRET=$(openssl rand -hex 32))"
+                )
+            jwt_secret = _secret_from_file(sqlite_path(database_url).parent)
+        elif len(jwt_secret) < 16:
+            raise ConfigError("JWT_SECRET must be at least 16 characters")
+
+        limits_enabled = env.get("RATE_LIMITS", "on").strip().lower() not in {"off", "0", "false"}
+        rate_limits = RateLimits(
+            enabled=limits_enabled,
+            login_failures_per_account=_int(env, "RATE_LOGIN_FAILURES_PER_ACCOUNT", 10, 1),
+            login_failures_per_ip=_int(env, "RATE_LOGIN_FAILURES_PER_IP", 200, 1),
+            registrations_per_ip=_int(env, "RATE_REGISTRATIONS_PER_IP", 200, 100),
+            requests_per_user=_int(env, "RATE_REQUESTS_PER_USER_PER_MINUTE", 600, 1),
+        )
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_prefix=env.get("REDIS_PREFIX", "fr:"),
+            jwt_secret=jwt_secret,
+            access_token_seconds=_int(env, "ACCESS_TOKEN_SECONDS", 900, 30),
+            refresh_token_seconds=_int(env, "REFRESH_TOKEN_SECONDS", 60 * 60 * 24 * 30, 60),
+            bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", 12, 10),
+            cors_origins=_list(env, "CORS_ORIGINS"),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, 1024),
+            rate_limits=rate_limits,
+            changelog_retention_seconds=int(
+                _float(env, "CHANGELOG_RETENTION_DAYS", 30.0) * 86400
+            ),
+            pull_default_limit=_int(env, "PULL_DEFAULT_LIMIT", 200, 1),
+            pull_max_limit=_int(env, "PULL_MAX_LIMIT", 1000, 1),
+            listings_cache_seconds=_int(env, "LISTINGS_CACHE_SECONDS", 600, 0),
+            head_cache_seconds=_int(env, "HEAD_CACHE_SECONDS", 30, 1),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
+            sentry_dsn=env.get("SENTRY_DSN") or None,
+            environ=env,
+        )
+
+
+def sqlite_path(database_url: str) -> Path:
+    """The file behind a sqlite URL (`sqlite:///relative.db`, `sqlite:////abs/path.db`)."""
+    _, _, rest = database_url.partition(":///")
+    return Path(rest or DEFAULT_SQLITE_FILE).resolve()
