@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import orjson
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.cache import Cache
 from storage.db import Database, now_ms
-from storage.models import ChangeLogEntry
+from storage.models import ChangeLogEntry, SyncMeta
 from storage.pubsub import PubSub
 
 log = logging.getLogger("freshroots.changelog")
@@ -200,3 +200,34 @@ class ChangeLog:
         if scopes is not None:
             query = query.where(ChangeLogEntry.scope.in_(scopes))
         return int((await conn.execute(query)).scalar_one())
+
+
+async def prune(db: Database, retention_ms: int, *, now: int | None = None) -> int:
+    """Delete log entries older than the retention window; raise the floor past them.
+
+    A cursor below the floor may have missed pruned changes, so pull answers it with a
+    reset snapshot instead of a silent gap. Returns how many entries were removed.
+    """
+    cutoff = (now_ms() if now is None else now) - retention_ms
+    async with db.write() as conn:
+        newest_pruned = (
+            await conn.execute(
+                select(func.max(ChangeLogEntry.position)).where(
+                    ChangeLogEntry.committed_at < cutoff)
+            )
+        ).scalar_one_or_none()
+        if newest_pruned is None:
+            return 0
+        removed = (
+            await conn.execute(
+                delete(ChangeLogEntry).where(ChangeLogEntry.position <= newest_pruned))
+        ).rowcount
+        floor = (
+            await conn.execute(select(SyncMeta.value).where(SyncMeta.key == "log_floor"))
+        ).scalar_one_or_none()
+        if floor is None:
+            await conn.execute(insert(SyncMeta).values(key="log_floor", value=newest_pruned))
+        elif floor < newest_pruned:
+            await conn.execute(
+                update(SyncMeta).where(SyncMeta.key == "log_floor").values(value=newest_pruned))
+        return int(removed or 0)

@@ -115,7 +115,10 @@ class Database:
                 async with conn.begin():
                     yield conn
         except exc.SQLAlchemyError as error:
-            raise _translate(error) from error
+            translated = _translate(error)
+            if translated is error:
+                raise
+            raise translated from error
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -134,7 +137,10 @@ class Database:
                 if lock is not None:
                     lock.release()
         except exc.SQLAlchemyError as error:
-            raise _translate(error) from error
+            translated = _translate(error)
+            if translated is error:
+                raise
+            raise translated from error
 
     async def retrying(self, work: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
         """Run a whole transaction again when PostgreSQL reports a serialisation conflict."""

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from storage.changelog import prune
+from storage.db import Database
 from storage.migrate import pending_message
 from sync_server.errors import FreshRootsError, error_response
 from sync_server.http import json_response
@@ -56,6 +58,18 @@ async def on_crash(request: Request, error: Exception) -> Response:
     return error_response(FreshRootsError())
 
 
+async def prune_periodically(db: Database, settings: Settings) -> None:
+    """Trim the change log to its retention window; every instance may do it, it is idempotent."""
+    while True:
+        try:
+            removed = await prune(db, settings.changelog_retention_seconds * 1000)
+            if removed:
+                log.info("pruned change log", extra={"entries": removed})
+        except Exception:
+            log.exception("change-log pruning failed; will retry")
+        await anyio.sleep(settings.prune_interval_seconds)
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,7 +84,10 @@ def create_app(settings: Settings) -> Starlette:
                     await listings.bump_listings_generation(services)
 
             services.feed.listeners.append(refresh_listing_caches)
-            yield
+            async with anyio.create_task_group() as background:
+                background.start_soon(prune_periodically, services.db, settings)
+                yield
+                background.cancel_scope.cancel()
 
     api_routes = [
         *health.routes, *auth.routes, *listings.routes, *orders.routes, *admin.routes,

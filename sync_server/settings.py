@@ -105,6 +105,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     rate_limits: RateLimits = RateLimits()
     changelog_retention_seconds: int = 60 * 60 * 24 * 30
+    prune_interval_seconds: int = 600
     pull_default_limit: int = 200
     pull_max_limit: int = 1000
     listings_cache_seconds: int = 600
@@ -168,6 +169,7 @@ class Settings:
             changelog_retention_seconds=int(
                 _float(env, "CHANGELOG_RETENTION_DAYS", 30.0) * 86400
             ),
+            prune_interval_seconds=_int(env, "CHANGELOG_PRUNE_INTERVAL_SECONDS", 600, 1),
             pull_default_limit=_int(env, "PULL_DEFAULT_LIMIT", 200, 1),
             pull_max_limit=_int(env, "PULL_MAX_LIMIT", 1000, 1),
             listings_cache_seconds=_int(env, "LISTINGS_CACHE_SECONDS", 600, 0),

@@ -1,0 +1,167 @@
+"""Pull: snapshots, put/patch/del, scopes, paging, cursors (tampered, foreign, expired), 304."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from storage.changelog import prune
+from storage.db import Database
+from tests.conftest import Backend
+from tests.support.api import Api, client_id, register
+from tests.support.replica import build, without_empty
+
+
+def changes_for(pages: list[dict], table: str, kind: str) -> list:
+    return [item for page in pages for item in page["changes"].get(table, {}).get(kind, [])]
+
+
+def test_initial_sync_pages_build_the_same_replica_as_one_page(admin: Api, buyer: Api) -> None:
+    for n in range(5):
+        admin.create_listing(title=f"Lalo {n}")
+    _, one_page = buyer.pull_all(limit=1000)
+    _, small_pages = buyer.pull_all(limit=2)
+    assert len(small_pages) >= 3
+    assert all(sum(len(items) for table in page["changes"].values() for items in table.values())
+               <= 2 for page in small_pages)
+    assert build(small_pages) == build(one_page)
+    listings = build(one_page)["listings"]
+    assert all(row["status"] == "published" for row in listings.values())
+    sample = next(iter(listings.values()))
+    assert set(sample) == {"id", "title", "description", "price", "unit", "stock", "category",
+                           "images", "status", "updated_at"}
+
+
+def test_a_change_arrives_as_a_patch_of_only_its_fields(admin: Api, buyer: Api) -> None:
+    listing = admin.create_listing(title="Bringelle", stock=9)
+    cursor, _ = buyer.pull_all()
+    admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 4})
+    cursor, pages = buyer.pull_all(cursor)
+    patches = changes_for(pages, "listings", "patch")
+    mine = [patch for patch in patches if patch["id"] == listing["id"]]
+    assert len(mine) == 1
+    assert set(mine[0]) == {"id", "stock", "updated_at"} and mine[0]["stock"] == 4
+    assert not any(item["id"] == listing["id"] for item in changes_for(pages, "listings", "put"))
+
+
+def test_new_rows_are_put_and_rows_leaving_scope_are_deleted(admin: Api, buyer: Api) -> None:
+    cursor, _ = buyer.pull_all()
+    fresh = admin.create_listing(title="Carotte")
+    hidden = admin.create_listing(title="Chou")
+    gone = admin.create_listing(title="Patole")
+    cursor, pages = buyer.pull_all(cursor)
+    put_ids = {row["id"] for row in changes_for(pages, "listings", "put")}
+    assert {fresh["id"], hidden["id"], gone["id"]} <= put_ids
+
+    admin.patch(f"/api/admin/listings/{hidden['id']}", json={"status": "draft"})
+    admin.delete(f"/api/admin/listings/{gone['id']}")
+    cursor, pages = buyer.pull_all(cursor)
+    assert {hidden["id"], gone["id"]} <= set(changes_for(pages, "listings", "del"))
+
+    # Back in scope: the buyer does not hold it any more, so it comes whole.
+    admin.patch(f"/api/admin/listings/{hidden['id']}", json={"status": "published",
+                                                             "title": "Chou pommé"})
+    _, pages = buyer.pull_all(cursor)
+    assert [row["title"] for row in changes_for(pages, "listings", "put")
+            if row["id"] == hidden["id"]] == ["Chou pommé"]
+
+
+def test_drafts_reach_admins_but_not_buyers(admin: Api, buyer: Api) -> None:
+    buyer_cursor, _ = buyer.pull_all()
+    admin_cursor, _ = admin.pull_all()
+    draft = admin.create_listing(title="Secret draft", status="draft")
+    _, buyer_pages = buyer.pull_all(buyer_cursor)
+    _, admin_pages = admin.pull_all(admin_cursor)
+    assert draft["id"] not in {row["id"] for row in changes_for(buyer_pages, "listings", "put")}
+    assert draft["id"] in {row["id"] for row in changes_for(admin_pages, "listings", "put")}
+
+
+def test_orders_reach_their_owner_and_admins_only(admin: Api, server: str) -> None:
+    alice, bob = register(server, "alice"), register(server, "bob")
+    listing = admin.create_listing(stock=10)
+    bob_cursor, _ = bob.pull_all()
+    admin_cursor, _ = admin.pull_all()
+    order_id = "ord-" + secrets.token_hex(6)
+    result = alice.push(client_id(), [{"id": 1, "name": "purchase_request", "args": {
+        "order_id": order_id, "payment_method": "cod",
+        "items": [{"item_id": "itm-" + secrets.token_hex(6), "listing_id": listing["id"],
+                   "quantity": 2}]}}]).json()["results"][0]
+    assert result["ok"], result
+    _, alice_pages = alice.pull_all()
+    alice_replica = build(alice_pages)
+    assert alice_replica["orders"][order_id]["total"] == 2 * listing["price"]
+    assert len(alice_replica["order_items"]) == 1
+    assert any(n["type"] == "order_pending" for n in alice_replica["notifications"].values())
+
+    _, bob_pages = bob.pull_all(bob_cursor)
+    assert not changes_for(bob_pages, "orders", "put")
+    assert not changes_for(bob_pages, "notifications", "put")
+    stock_patches = [p for p in changes_for(bob_pages, "listings", "patch")
+                     if p["id"] == listing["id"]]
+    assert stock_patches[-1]["stock"] == 8  # public stock moves for everyone
+
+    _, admin_pages = admin.pull_all(admin_cursor)
+    assert order_id in {row["id"] for row in changes_for(admin_pages, "orders", "put")}
+
+
+def test_tampered_and_foreign_cursors_reset_and_garbage_is_400(admin: Api, server: str) -> None:
+    alice, bob = register(server, "alice"), register(server, "bob")
+    cursor, _ = alice.pull_all()
+    tampered = cursor[:-2] + ("AA" if cursor[-2:] != "AA" else "BB")
+    for bad in (tampered, bob.pull_all()[0]):
+        page = alice.get("/api/sync/pull", params={"cursor": bad}).json()
+        assert page["reset"] is True
+        assert "listings" in page["changes"]
+    for garbage in ("!!!", "xyz", "A" * 500):
+        response = alice.get("/api/sync/pull", params={"cursor": garbage})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "malformed_cursor"
+    assert alice.get("/api/sync/pull", params={"limit": "many"}).status_code == 422
+
+
+def test_if_none_match_with_nothing_new_is_304(admin: Api, buyer: Api) -> None:
+    cursor, _ = buyer.pull_all()
+    response = buyer.get("/api/sync/pull", params={"cursor": cursor},
+                         headers={"if-none-match": f'"{cursor}"'})
+    assert response.status_code == 304 and response.content == b""
+    admin.create_listing(title="Citron")
+    response = buyer.get("/api/sync/pull", params={"cursor": cursor},
+                         headers={"if-none-match": f'"{cursor}"'})
+    assert response.status_code == 200
+    assert response.headers["etag"] == f'"{response.json()["cursor"]}"'
+
+
+def test_an_empty_pull_keeps_the_cursor(buyer: Api) -> None:
+    cursor, _ = buyer.pull_all()
+    page = buyer.get("/api/sync/pull", params={"cursor": cursor}).json()
+    assert page == {"cursor": cursor, "more": False, "reset": False, "changes": {}}
+
+
+def test_a_cursor_older_than_the_retention_window_gets_a_reset(
+        admin: Api, buyer: Api, backend: Backend) -> None:
+    cursor, _ = buyer.pull_all()
+    admin.create_listing(title="Goyave de Chine")
+
+    async def prune_everything() -> int:
+        db = Database(backend.env["DATABASE_URL"])
+        try:
+            return await prune(db, retention_ms=-60_000)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(prune_everything()) > 0
+    page = buyer.get("/api/sync/pull", params={"cursor": cursor, "limit": 1000}).json()
+    assert page["reset"] is True
+    _, fresh = Api(buyer.base_url, buyer.token).pull_all()
+    replica = build([page])
+    _, rest = buyer.pull_all(page["cursor"]) if page["more"] else ("", [])
+    build(rest, replica)
+    assert without_empty(replica) == without_empty(build(fresh))
+
+
+def test_compressed_pull_is_smaller(buyer: Api) -> None:
+    plain = buyer.get("/api/sync/pull", params={"limit": 50}, headers={"accept-encoding": "identity"})
+    packed = buyer.get("/api/sync/pull", params={"limit": 50}, headers={"accept-encoding": "br"})
+    assert packed.headers.get("content-encoding") == "br"
+    assert packed.json() == plain.json()
+    assert int(packed.headers["content-length"]) < len(plain.content) / 2
