@@ -5,14 +5,18 @@ Used for our server and for the stand-in providers, so every test speaks real HT
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -22,8 +26,38 @@ def free_port() -> int:
 
 
 class _ThreadedServer(uvicorn.Server):
+    loop: asyncio.AbstractEventLoop | None = None
+
     def install_signal_handlers(self) -> None:  # the main thread owns signals
         pass
+
+    async def serve(self, sockets: Any = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+
+# base URL -> (app, server), so a test can run a coroutine inside a running server.
+RUNNING: dict[str, tuple[Any, _ThreadedServer]] = {}
+
+
+def run_in_server(base_url: str, make_coroutine: Callable[[Any], Awaitable[T]],
+                  timeout: float = 60) -> T:
+    """Run `make_coroutine(app)` on the server's own event loop and wait for its result."""
+    app, server = RUNNING[base_url]
+    assert server.loop is not None
+    future = asyncio.run_coroutine_threadsafe(_call(make_coroutine, app), server.loop)
+    return future.result(timeout)
+
+
+def submit_in_server(base_url: str, make_coroutine: Callable[[Any], Awaitable[T]]
+                     ) -> concurrent.futures.Future[T]:
+    app, server = RUNNING[base_url]
+    assert server.loop is not None
+    return asyncio.run_coroutine_threadsafe(_call(make_coroutine, app), server.loop)
+
+
+async def _call(make_coroutine: Callable[[Any], Awaitable[T]], app: Any) -> T:
+    return await make_coroutine(app)
 
 
 @contextmanager
@@ -42,8 +76,11 @@ def serve_in_thread(app: Any, *, port: int | None = None, **config: Any) -> Iter
         if time.monotonic() > deadline:
             raise RuntimeError("server did not start within 20 s")
         time.sleep(0.01)
+    base_url = f"http://127.0.0.1:{port}"
+    RUNNING[base_url] = (app, server)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield base_url
     finally:
+        RUNNING.pop(base_url, None)
         server.should_exit = True
         thread.join(timeout=10)

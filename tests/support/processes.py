@@ -1,0 +1,66 @@
+"""Real server processes (`freshroots serve`), for tests about several instances and crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from tests.support.live_server import free_port
+
+
+@dataclass
+class ServerProcess:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no flush, like a power cut."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def start_server(env: dict[str, str], port: int | None = None) -> ServerProcess:
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_server.cli", "serve", "--port", str(port)],
+        env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return ServerProcess(base_url, process, port)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not become ready in 30 s")
+
+
+@contextmanager
+def server_processes(env: dict[str, str], count: int) -> Iterator[list[ServerProcess]]:
+    servers = [start_server(env) for _ in range(count)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                server.process.terminate()
+                try:
+                    server.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    server.kill()
