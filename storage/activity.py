@@ -58,8 +58,11 @@ async def express_interest(tx: Tx, buyer: Principal, args: ExpressInterest) -> d
         raise MutationRejected("listing_unavailable", f"listing {args.listing_id} is not available")
     await tx.conn.execute(
         insert(InterestExpression).values(
-            id=args.interest_id, user_id=buyer.user_id, listing_id=args.listing_id,
-            message=args.message, created_at=now_ms(),
+            id=args.interest_id,
+            user_id=buyer.user_id,
+            listing_id=args.listing_id,
+            message=args.message,
+            created_at=now_ms(),
         )
     )
     tx.created("interest_expressions", args.interest_id, owned_scopes(buyer.user_id))
@@ -74,17 +77,21 @@ async def mark_notifications_read(
     if not args.ids:
         return {"updated": 0}
     changed = (
-        await tx.conn.execute(
-            update(Notification)
-            .where(
-                Notification.id.in_(args.ids),
-                Notification.user_id == reader.user_id,
-                Notification.read.is_(False),
+        (
+            await tx.conn.execute(
+                update(Notification)
+                .where(
+                    Notification.id.in_(args.ids),
+                    Notification.user_id == reader.user_id,
+                    Notification.read.is_(False),
+                )
+                .values(read=True)
+                .returning(Notification.id)
             )
-            .values(read=True)
-            .returning(Notification.id)
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     scopes = personal_scopes(reader.user_id)
     for notification_id in changed:
         tx.changed("notifications", notification_id, fields=("read",), before=scopes, after=scopes)
@@ -94,7 +101,9 @@ async def mark_notifications_read(
 async def register_device(tx: Tx, owner: Principal, args: RegisterDevice) -> dict[str, Any]:
     token = args.expo_push_token
     if not (token.startswith(("ExponentPushToken[", "ExpoPushToken[")) and token.endswith("]")):
-        raise MutationRejected("invalid_args", "expo_push_token must look like ExponentPushToken[…]")
+        raise MutationRejected(
+            "invalid_args", "expo_push_token must look like ExponentPushToken[…]"
+        )
     if len(token) > 255 or args.platform not in ("android", "ios", "web"):
         raise MutationRejected("invalid_args", "platform must be android, ios or web")
     now = now_ms()
@@ -104,15 +113,22 @@ async def register_device(tx: Tx, owner: Principal, args: RegisterDevice) -> dic
     if existing is None:
         device_id = new_id()
         await tx.conn.execute(
-            insert(Device).values(id=device_id, user_id=owner.user_id, expo_push_token=token,
-                                  platform=args.platform, active=True, created_at=now,
-                                  updated_at=now)
+            insert(Device).values(
+                id=device_id,
+                user_id=owner.user_id,
+                expo_push_token=token,
+                platform=args.platform,
+                active=True,
+                created_at=now,
+                updated_at=now,
+            )
         )
     else:
         # A second-hand phone: the token now belongs to whoever signed in on it last.
         device_id = existing
         await tx.conn.execute(
-            update(Device).where(Device.id == existing).values(
-                user_id=owner.user_id, platform=args.platform, active=True, updated_at=now)
+            update(Device)
+            .where(Device.id == existing)
+            .values(user_id=owner.user_id, platform=args.platform, active=True, updated_at=now)
         )
     return {"device_id": device_id}

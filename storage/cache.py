@@ -24,10 +24,12 @@ class Cache(Protocol):
     async def incr(self, key: str, ttl: int) -> int:
         """Increment a counter that expires `ttl` seconds after it was created."""
         ...
+
     async def ttl(self, key: str) -> int: ...
     async def set_max(self, key: str, value: int, ttl: int) -> None:
         """Store `value` unless the key already holds a larger integer."""
         ...
+
     async def ping(self) -> None: ...
 
 
@@ -104,6 +106,12 @@ return count
 """
 
 
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.encode()
+
+
 class RedisCache:
     """Keys are prefixed so several deployments (or test runs) can share one Redis."""
 
@@ -117,14 +125,13 @@ class RedisCache:
         return self._prefix + key
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._redis.get(self._key(key))
-        return value if value is None else bytes(value)
+        return _as_bytes(await self._redis.get(self._key(key)))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         values = await self._redis.mget([self._key(key) for key in keys])
-        return [None if value is None else bytes(value) for value in values]
+        return [_as_bytes(value) for value in values]
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
         await self._redis.set(self._key(key), value, ex=max(1, ttl))

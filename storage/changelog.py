@@ -213,14 +213,16 @@ async def prune(db: Database, retention_ms: int, *, now: int | None = None) -> i
         newest_pruned = (
             await conn.execute(
                 select(func.max(ChangeLogEntry.position)).where(
-                    ChangeLogEntry.committed_at < cutoff)
+                    ChangeLogEntry.committed_at < cutoff
+                )
             )
         ).scalar_one_or_none()
         if newest_pruned is None:
             return 0
         removed = (
             await conn.execute(
-                delete(ChangeLogEntry).where(ChangeLogEntry.position <= newest_pruned))
+                delete(ChangeLogEntry).where(ChangeLogEntry.position <= newest_pruned)
+            )
         ).rowcount
         floor = (
             await conn.execute(select(SyncMeta.value).where(SyncMeta.key == "log_floor"))
@@ -229,5 +231,6 @@ async def prune(db: Database, retention_ms: int, *, now: int | None = None) -> i
             await conn.execute(insert(SyncMeta).values(key="log_floor", value=newest_pruned))
         elif floor < newest_pruned:
             await conn.execute(
-                update(SyncMeta).where(SyncMeta.key == "log_floor").values(value=newest_pruned))
+                update(SyncMeta).where(SyncMeta.key == "log_floor").values(value=newest_pruned)
+            )
         return int(removed or 0)

@@ -73,9 +73,16 @@ def is_unavailable(error: BaseException) -> bool:
         if sqlstate[:2] in {"08", "53", "57"}:  # connection, resources, operator intervention
             return True
         message = str(error.orig).lower()
-        return any(sign in message for sign in (
-            "database is locked", "disk i/o", "connection", "server closed", "could not connect"
-        ))
+        return any(
+            sign in message
+            for sign in (
+                "database is locked",
+                "disk i/o",
+                "connection",
+                "server closed",
+                "could not connect",
+            )
+        )
     return False
 
 
@@ -85,8 +92,9 @@ class Database:
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         options: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
-            options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                           pool_timeout=10)
+            options.update(
+                pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=10
+            )
         else:
             options.update(pool_size=pool_size, max_overflow=0, pool_timeout=30)
         self.engine: AsyncEngine = create_async_engine(async_url(url), **options)

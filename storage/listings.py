@@ -30,16 +30,26 @@ async def _replace_images(tx: Tx, listing_id: str, public_ids: list[str]) -> Non
         await tx.conn.execute(
             insert(ListingImage),
             [
-                {"id": new_id(), "listing_id": listing_id, "public_id": public_id,
-                 "position": position, "created_at": now}
+                {
+                    "id": new_id(),
+                    "listing_id": listing_id,
+                    "public_id": public_id,
+                    "position": position,
+                    "created_at": now,
+                }
                 for position, public_id in enumerate(public_ids)
             ],
         )
 
 
 async def create_listing(
-    tx: Tx, admin: Principal | None, values: dict[str, Any], *, source: str = "manual",
-    source_ref: str | None = None, listing_id: str | None = None,
+    tx: Tx,
+    admin: Principal | None,
+    values: dict[str, Any],
+    *,
+    source: str = "manual",
+    source_ref: str | None = None,
+    listing_id: str | None = None,
 ) -> str:
     listing_id = listing_id or new_id()
     now = now_ms()
@@ -76,13 +86,20 @@ async def _locked_listing(tx: Tx, listing_id: str) -> Any:
 
 
 async def update_listing(
-    tx: Tx, admin: Principal, listing_id: str, values: dict[str, Any], *, action: str = "update_listing"
+    tx: Tx,
+    admin: Principal,
+    listing_id: str,
+    values: dict[str, Any],
+    *,
+    action: str = "update_listing",
 ) -> None:
     current = await _locked_listing(tx, listing_id)
     if current is None or current["deleted_at"] is not None:
         raise NotFound("No such listing.")
     wire = LISTINGS.encode(current)
-    changes = {key: value for key, value in values.items() if key in EDITABLE and wire[key] != value}
+    changes = {
+        key: value for key, value in values.items() if key in EDITABLE and wire[key] != value
+    }
     if not changes:
         return
     stored = dict(changes)
@@ -92,7 +109,9 @@ async def update_listing(
     stored["updated_at"] = now_ms()
     await tx.conn.execute(update(Listing).where(Listing.id == listing_id).values(**stored))
     tx.changed(
-        "listings", listing_id, fields=stored.keys(),
+        "listings",
+        listing_id,
+        fields=stored.keys(),
         before=listing_scopes(current["status"], False),
         after=listing_scopes(changes.get("status", current["status"]), False),
     )
@@ -112,8 +131,13 @@ async def delete_listing(tx: Tx, admin: Principal, listing_id: str) -> None:
     await tx.conn.execute(
         update(Listing).where(Listing.id == listing_id).values(deleted_at=now, updated_at=now)
     )
-    tx.changed("listings", listing_id, fields=("updated_at",),
-               before=listing_scopes(current["status"], False), after=listing_scopes("", True))
+    tx.changed(
+        "listings",
+        listing_id,
+        fields=("updated_at",),
+        before=listing_scopes(current["status"], False),
+        after=listing_scopes("", True),
+    )
     await audit(tx, admin.user_id, "delete_listing", "listings", listing_id, None)
 
 
@@ -205,9 +229,11 @@ async def get_listing(
 ) -> dict[str, Any]:
     viewer = principal or Principal(user_id="", role="user")
     row = (
-        (await conn.execute(
-            LISTINGS.select_rows().where(Listing.id == listing_id, LISTINGS.visible_to(viewer))
-        ))
+        (
+            await conn.execute(
+                LISTINGS.select_rows().where(Listing.id == listing_id, LISTINGS.visible_to(viewer))
+            )
+        )
         .mappings()
         .one_or_none()
     )

@@ -73,7 +73,9 @@ async def find_order(tx_conn: Any, order_id: str) -> Any:
     )
 
 
-async def place_purchase_request(tx: Tx, buyer: Principal, request: PurchaseRequest) -> dict[str, Any]:
+async def place_purchase_request(
+    tx: Tx, buyer: Principal, request: PurchaseRequest
+) -> dict[str, Any]:
     """Reserve stock and create a pending order, or raise MutationRejected (nothing written)."""
     validate_purchase(request)
     conn = tx.conn
@@ -109,13 +111,15 @@ async def place_purchase_request(tx: Tx, buyer: Principal, request: PurchaseRequ
                 raise MutationRejected(
                     "listing_unavailable", f"listing {item.listing_id} is not available"
                 )
-            raise MutationRejected(
-                "out_of_stock", f"not enough stock of listing {item.listing_id}"
-            )
+            raise MutationRejected("out_of_stock", f"not enough stock of listing {item.listing_id}")
         prices[item.item_id] = int(reserved.price)
-        tx.changed("listings", item.listing_id, fields=("stock",),
-                   before=listing_scopes("published", False),
-                   after=listing_scopes("published", False))
+        tx.changed(
+            "listings",
+            item.listing_id,
+            fields=("stock",),
+            before=listing_scopes("published", False),
+            after=listing_scopes("published", False),
+        )
 
     now = now_ms()
     total = sum(prices[item.item_id] * item.quantity for item in request.items)
@@ -150,7 +154,10 @@ async def place_purchase_request(tx: Tx, buyer: Principal, request: PurchaseRequ
     for item in request.items:
         tx.created("order_items", item.item_id, scopes)
     await notify(
-        tx, buyer.user_id, "order_pending", "Purchase request received",
+        tx,
+        buyer.user_id,
+        "order_pending",
+        "Purchase request received",
         f"We received your order of Rs {total / 100:,.2f}; it awaits approval.",
         {"order_id": request.order_id},
     )
@@ -201,25 +208,41 @@ async def _transition(
             code=f"order_{current['status']}",
         )
     fields = ("status", "updated_at", *values)
-    tx.changed("orders", order_id, fields=fields, before=owned_scopes(row.user_id),
-               after=owned_scopes(row.user_id))
+    tx.changed(
+        "orders",
+        order_id,
+        fields=fields,
+        before=owned_scopes(row.user_id),
+        after=owned_scopes(row.user_id),
+    )
     return row
 
 
 async def approve_order(tx: Tx, admin: Principal, order_id: str, notes: str | None) -> None:
     row = await _transition(tx, order_id, ("pending",), "approved", approved_at=now_ms())
     await audit(tx, admin.user_id, "approve_order", "orders", order_id, notes)
-    await notify(tx, row.user_id, "order_approved", "Order approved",
-                 "Your order was approved." + (f" {notes}" if notes else ""),
-                 {"order_id": order_id})
+    await notify(
+        tx,
+        row.user_id,
+        "order_approved",
+        "Order approved",
+        "Your order was approved." + (f" {notes}" if notes else ""),
+        {"order_id": order_id},
+    )
 
 
 async def reject_order(tx: Tx, admin: Principal, order_id: str, reason: str) -> None:
     row = await _transition(tx, order_id, ("pending",), "rejected", reject_reason=reason)
     await _release_stock(tx, order_id)
     await audit(tx, admin.user_id, "reject_order", "orders", order_id, reason)
-    await notify(tx, row.user_id, "order_rejected", "Order rejected",
-                 f"Your order was rejected: {reason}", {"order_id": order_id})
+    await notify(
+        tx,
+        row.user_id,
+        "order_rejected",
+        "Order rejected",
+        f"Your order was rejected: {reason}",
+        {"order_id": order_id},
+    )
 
 
 async def cancel_order(tx: Tx, actor: Principal, order_id: str) -> dict[str, Any]:
@@ -233,8 +256,14 @@ async def cancel_order(tx: Tx, actor: Principal, order_id: str) -> dict[str, Any
     await _release_stock(tx, order_id)
     if actor.is_admin and actor.user_id != order["user_id"]:
         await audit(tx, actor.user_id, "cancel_order", "orders", order_id, None)
-    await notify(tx, row.user_id, "order_cancelled", "Order cancelled",
-                 "Your order was cancelled.", {"order_id": order_id})
+    await notify(
+        tx,
+        row.user_id,
+        "order_cancelled",
+        "Order cancelled",
+        "Your order was cancelled.",
+        {"order_id": order_id},
+    )
     return {"order_id": order_id, "status": "cancelled"}
 
 
@@ -249,5 +278,6 @@ async def set_payment_state(
         row = await _transition(tx, order_id, ("paid",), "completed")
         message, kind = "Your order is complete. Enjoy!", "order_completed"
     await audit(tx, admin.user_id, action, "orders", order_id, notes)
-    await notify(tx, row.user_id, kind, kind.replace("_", " ").capitalize(), message,
-                 {"order_id": order_id})
+    await notify(
+        tx, row.user_id, kind, kind.replace("_", " ").capitalize(), message, {"order_id": order_id}
+    )

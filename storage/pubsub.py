@@ -103,8 +103,9 @@ class MemoryPubSub:
 class RedisPubSub:
     """One Redis subscription per process, fanned out in-process to bounded inboxes."""
 
-    def __init__(self, client: Redis, prefix: str, channels: tuple[str, ...],
-                 max_queued: int = 256) -> None:
+    def __init__(
+        self, client: Redis, prefix: str, channels: tuple[str, ...], max_queued: int = 256
+    ) -> None:
         self._redis = client
         self._prefix = prefix
         self._channels = channels
@@ -142,16 +143,19 @@ class RedisPubSub:
                     if message is None:
                         await pubsub.ping()
                         continue
-                    channel = message["channel"].decode()[len(self._prefix):]
+                    channel = message["channel"].decode()[len(self._prefix) :]
                     self._fanout.deliver(channel, bytes(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any Redis failure: reconnect, never die silently
                 self.connected.clear()
-                log.warning("redis pub/sub lost (%s); reconnecting in %.1fs",
-                            error.__class__.__name__, delay)
+                log.warning(
+                    "redis pub/sub lost (%s); reconnecting in %.1fs",
+                    error.__class__.__name__,
+                    delay,
+                )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

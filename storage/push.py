@@ -84,8 +84,9 @@ async def _lock_client(tx: Tx, client_id: str, user_id: str) -> tuple[str, int]:
     dialect_insert = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
     await tx.conn.execute(
         dialect_insert(SyncClient)
-        .values(client_id=client_id, user_id=user_id, last_mutation_id=0, created_at=now,
-                updated_at=now)
+        .values(
+            client_id=client_id, user_id=user_id, last_mutation_id=0, created_at=now, updated_at=now
+        )
         .on_conflict_do_nothing(index_elements=["client_id"])
     )
     query = select(SyncClient.user_id, SyncClient.last_mutation_id).where(
@@ -120,15 +121,25 @@ async def push(
         for mutation in mutations:
             if mutation.id <= high_water:
                 previous = stored.get(mutation.id)
-                results.append(previous or rejected(
-                    mutation.id, "stale_mutation",
-                    "This mutation id is at or below one already processed; it was not applied.",
-                ))
+                results.append(
+                    previous
+                    or rejected(
+                        mutation.id,
+                        "stale_mutation",
+                        "This id is at or below one already processed; it was not applied.",
+                    )
+                )
                 continue
             outcome = await apply_mutation(tx, principal, mutation)
             results.append(outcome)
-            outcomes.append({"client_id": client_id, "mutation_id": mutation.id,
-                             "outcome": orjson.dumps(outcome).decode(), "created_at": now_ms()})
+            outcomes.append(
+                {
+                    "client_id": client_id,
+                    "mutation_id": mutation.id,
+                    "outcome": orjson.dumps(outcome).decode(),
+                    "created_at": now_ms(),
+                }
+            )
             high_water = mutation.id
         if outcomes:
             await tx.conn.execute(insert(MutationResult), outcomes)

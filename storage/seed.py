@@ -65,9 +65,13 @@ class SeedReport:
 async def seed_listings(changelog: ChangeLog, count: int, *, rng_seed: int = 7) -> SeedReport:
     """Create demo listings (once: a second run adds only what is missing)."""
     async with changelog.db.read() as conn:
-        existing = int((await conn.execute(
-            select(func.count()).select_from(Listing).where(Listing.source == "demo")
-        )).scalar_one())
+        existing = int(
+            (
+                await conn.execute(
+                    select(func.count()).select_from(Listing).where(Listing.source == "demo")
+                )
+            ).scalar_one()
+        )
     rng = random.Random(rng_seed)
     created = 0
     for index in range(existing, count):
@@ -90,5 +94,15 @@ async def seed_listings(changelog: ChangeLog, count: int, *, rng_seed: int = 7) 
     return SeedReport(created, max(existing, count))
 
 
-_farms = ["Vacoas", "Quatre Bornes", "Flacq", "Rose Belle", "Grand Baie", "Mahébourg",
-          "Triolet", "Moka", "Souillac", "Curepipe"]
+_farms = [
+    "Vacoas",
+    "Quatre Bornes",
+    "Flacq",
+    "Rose Belle",
+    "Grand Baie",
+    "Mahébourg",
+    "Triolet",
+    "Moka",
+    "Souillac",
+    "Curepipe",
+]

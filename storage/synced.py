@@ -62,17 +62,45 @@ def _columns(model: type[m.Base], wire: tuple[str, ...]) -> list[Any]:
     return [table.c[name] for name in wire]  # type: ignore[attr-defined]
 
 
-LISTING_WIRE = ("id", "title", "description", "price", "unit", "stock", "category", "images",
-                "status", "updated_at")
-ORDER_WIRE = ("id", "user_id", "status", "payment_method", "payment_status", "total", "note",
-              "reject_reason", "created_at", "updated_at")
+LISTING_WIRE = (
+    "id",
+    "title",
+    "description",
+    "price",
+    "unit",
+    "stock",
+    "category",
+    "images",
+    "status",
+    "updated_at",
+)
+ORDER_WIRE = (
+    "id",
+    "user_id",
+    "status",
+    "payment_method",
+    "payment_status",
+    "total",
+    "note",
+    "reject_reason",
+    "created_at",
+    "updated_at",
+)
 ORDER_ITEM_WIRE = ("id", "order_id", "listing_id", "quantity", "price")
 INTEREST_WIRE = ("id", "user_id", "listing_id", "message", "created_at")
 NOTIFICATION_WIRE = ("id", "type", "title", "message", "read", "data", "created_at")
-PAYMENT_WIRE = ("id", "order_id", "method", "status", "amount", "currency", "transaction_id",
-                "created_at", "updated_at")
-ADMIN_ACTION_WIRE = ("id", "admin_id", "action", "target_table", "target_id", "notes",
-                     "created_at")
+PAYMENT_WIRE = (
+    "id",
+    "order_id",
+    "method",
+    "status",
+    "amount",
+    "currency",
+    "transaction_id",
+    "created_at",
+    "updated_at",
+)
+ADMIN_ACTION_WIRE = ("id", "admin_id", "action", "target_table", "target_id", "notes", "created_at")
 
 
 def _owner_or_admin(column: Any) -> Callable[[Principal], ColumnElement[bool]]:
@@ -129,8 +157,9 @@ NOTIFICATIONS = SyncedTable(
     name="notifications",
     model=m.Notification,
     wire=NOTIFICATION_WIRE,
-    select_rows=lambda: select(*_columns(m.Notification, NOTIFICATION_WIRE),
-                               m.Notification.user_id),
+    select_rows=lambda: select(
+        *_columns(m.Notification, NOTIFICATION_WIRE), m.Notification.user_id
+    ),
     row_scopes=lambda row: personal_scopes(row["user_id"]),
     visible_to=lambda p: m.Notification.user_id == p.user_id,
     json_fields=frozenset({"data"}),
@@ -158,7 +187,13 @@ ADMIN_ACTIONS = SyncedTable(
 
 # Snapshot order: parents before children, so a replica never holds an item without its order.
 SYNCED_TABLES: tuple[SyncedTable, ...] = (
-    LISTINGS, ORDERS, ORDER_ITEMS, INTERESTS, NOTIFICATIONS, PAYMENTS, ADMIN_ACTIONS,
+    LISTINGS,
+    ORDERS,
+    ORDER_ITEMS,
+    INTERESTS,
+    NOTIFICATIONS,
+    PAYMENTS,
+    ADMIN_ACTIONS,
 )
 BY_NAME: dict[str, SyncedTable] = {table.name: table for table in SYNCED_TABLES}
 

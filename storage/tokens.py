@@ -44,6 +44,12 @@ def _new_token() -> tuple[str, str, str]:
     return token_id, secret, f"{token_id}.{secret}"
 
 
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RefreshTokenStore(Protocol):
     async def issue(self, user_id: str, family_id: str | None = None) -> str: ...
     async def rotate(self, token: str) -> Rotation: ...
@@ -65,8 +71,12 @@ class DatabaseTokenStore:
         now = now_ms()
         await conn.execute(  # type: ignore[attr-defined]
             insert(RefreshToken).values(
-                id=token_id, family_id=family_id, user_id=user_id, secret_hash=_digest(secret),
-                expires_at=now + self._lifetime_ms, created_at=now,
+                id=token_id,
+                family_id=family_id,
+                user_id=user_id,
+                secret_hash=_digest(secret),
+                expires_at=now + self._lifetime_ms,
+                created_at=now,
             )
         )
         return token
@@ -100,16 +110,19 @@ class DatabaseTokenStore:
                 successor = await self._insert(conn, row["user_id"], row["family_id"])
                 return Rotation(row["user_id"], successor)
         if reused:
-            raise InvalidToken("This refresh token was already used; sign in again.",
-                               code="refresh_token_reused")
+            raise InvalidToken(
+                "This refresh token was already used; sign in again.", code="refresh_token_reused"
+            )
         raise InvalidToken("The refresh token is invalid or expired.")
 
     async def revoke(self, token: str) -> None:
         token_id, secret = _split(token)
         async with self._db.write() as conn:
             row = (
-                await conn.execute(select(RefreshToken).where(RefreshToken.id == token_id))
-            ).mappings().one_or_none()
+                (await conn.execute(select(RefreshToken).where(RefreshToken.id == token_id)))
+                .mappings()
+                .one_or_none()
+            )
             if row is None or not hmac.compare_digest(row["secret_hash"], _digest(secret)):
                 raise InvalidToken("The refresh token is invalid.")
             await conn.execute(
@@ -163,8 +176,10 @@ class RedisTokenStore:
         family_id = family_id or secrets.token_hex(16)
         token_id, secret, token = _new_token()
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._token_key(token_id),
-                      mapping={"user": user_id, "family": family_id, "hash": _digest(secret)})
+            pipe.hset(
+                self._token_key(token_id),
+                mapping={"user": user_id, "family": family_id, "hash": _digest(secret)},
+            )
             pipe.expire(self._token_key(token_id), self._lifetime)
             pipe.sadd(self._user_key(user_id), family_id)
             pipe.expire(self._user_key(user_id), self._lifetime)
@@ -177,26 +192,30 @@ class RedisTokenStore:
             keys=[self._token_key(token_id)],
             args=[_digest(secret), f"{self._prefix}rtf:", self._lifetime],
         )
-        status = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        status = _text(answer[0])
         if status == "reused":
-            raise InvalidToken("This refresh token was already used; sign in again.",
-                               code="refresh_token_reused")
+            raise InvalidToken(
+                "This refresh token was already used; sign in again.", code="refresh_token_reused"
+            )
         if status != "ok":
             raise InvalidToken("The refresh token is invalid or expired.")
-        user_id, family_id = (value.decode() for value in answer[1:3])
+        user_id, family_id = (_text(value) for value in answer[1:3])
         return Rotation(user_id, await self.issue(user_id, family_id))
 
     async def revoke(self, token: str) -> None:
         token_id, secret = _split(token)
-        fields = await self._redis.hmget(self._token_key(token_id), ["family", "hash"])
-        if fields[0] is None or fields[1].decode() != _digest(secret):
+        family, digest = (
+            _text(value)
+            for value in await self._redis.hmget(self._token_key(token_id), ["family", "hash"])
+        )
+        if not family or digest != _digest(secret):
             raise InvalidToken("The refresh token is invalid.")
-        await self._redis.set(self._family_key(fields[0].decode()), "1", ex=self._lifetime)
+        await self._redis.set(self._family_key(family), "1", ex=self._lifetime)
 
     async def revoke_user(self, user_id: str) -> None:
         families = await self._redis.smembers(self._user_key(user_id))
         if families:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for family in families:
-                    pipe.set(self._family_key(family.decode()), "1", ex=self._lifetime)
+                    pipe.set(self._family_key(_text(family)), "1", ex=self._lifetime)
                 await pipe.execute()

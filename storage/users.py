@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,9 +33,17 @@ async def create_user(
     tx: Tx, *, email: str, password_hash: str, name: str, phone: str | None, role: str = "user"
 ) -> dict[str, Any]:
     now = now_ms()
-    values = {"id": new_id(), "email": email.lower(), "password_hash": password_hash,
-              "name": name, "phone": phone, "role": role, "email_verified": False,
-              "created_at": now, "updated_at": now}
+    values = {
+        "id": new_id(),
+        "email": email.lower(),
+        "password_hash": password_hash,
+        "name": name,
+        "phone": phone,
+        "role": role,
+        "email_verified": False,
+        "created_at": now,
+        "updated_at": now,
+    }
     savepoint = await tx.conn.begin_nested()
     try:
         await tx.conn.execute(insert(User).values(**values))
@@ -48,16 +56,22 @@ async def create_user(
 
 async def find_by_email(conn: AsyncConnection, email: str) -> Any:
     return (
-        await conn.execute(
-            select(User).where(User.email == email.lower(), User.deleted_at.is_(None))
+        (
+            await conn.execute(
+                select(User).where(User.email == email.lower(), User.deleted_at.is_(None))
+            )
         )
-    ).mappings().one_or_none()
+        .mappings()
+        .one_or_none()
+    )
 
 
 async def find_by_id(conn: AsyncConnection, user_id: str) -> Any:
     return (
-        await conn.execute(select(User).where(User.id == user_id, User.deleted_at.is_(None)))
-    ).mappings().one_or_none()
+        (await conn.execute(select(User).where(User.id == user_id, User.deleted_at.is_(None))))
+        .mappings()
+        .one_or_none()
+    )
 
 
 async def set_role(tx: Tx, user_id: str, role: str, password_hash: str | None = None) -> None:
@@ -101,36 +115,62 @@ async def erase_user(tx: Tx, user_id: str) -> None:
     """
     now = now_ms()
     await tx.conn.execute(
-        update(User).where(User.id == user_id).values(
-            email=f"erased-{user_id}@invalid", name="Erased user", phone=None,
-            password_hash="!", deleted_at=now, updated_at=now)
+        update(User)
+        .where(User.id == user_id)
+        .values(
+            email=f"erased-{user_id}@invalid",
+            name="Erased user",
+            phone=None,
+            password_hash="!",  # noqa: S106 - no password can match
+            deleted_at=now,
+            updated_at=now,
+        )
     )
     scopes = owned_scopes(user_id)
     order_ids = (
-        await tx.conn.execute(
-            update(Order).where(Order.user_id == user_id, Order.note.is_not(None))
-            .values(note=None, updated_at=now).returning(Order.id)
+        (
+            await tx.conn.execute(
+                update(Order)
+                .where(Order.user_id == user_id, Order.note.is_not(None))
+                .values(note=None, updated_at=now)
+                .returning(Order.id)
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for order_id in order_ids:
         tx.changed("orders", order_id, fields=("note", "updated_at"), before=scopes, after=scopes)
     interest_ids = (
-        await tx.conn.execute(
-            update(InterestExpression).where(InterestExpression.user_id == user_id)
-            .values(message=None).returning(InterestExpression.id)
+        (
+            await tx.conn.execute(
+                update(InterestExpression)
+                .where(InterestExpression.user_id == user_id)
+                .values(message=None)
+                .returning(InterestExpression.id)
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     for interest_id in interest_ids:
-        tx.changed("interest_expressions", interest_id, fields=("message",), before=scopes,
-                   after=scopes)
-    notification_ids = (
-        await tx.conn.execute(
-            Notification.__table__.delete().where(Notification.user_id == user_id)
-            .returning(Notification.id)
+        tx.changed(
+            "interest_expressions", interest_id, fields=("message",), before=scopes, after=scopes
         )
-    ).scalars().all()
+    notification_ids = (
+        (
+            await tx.conn.execute(
+                delete(Notification)
+                .where(Notification.user_id == user_id)
+                .returning(Notification.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
     for notification_id in notification_ids:
-        tx.changed("notifications", notification_id, before=frozenset({f"u:{user_id}"}),
-                   after=frozenset())
-    await tx.conn.execute(Device.__table__.delete().where(Device.user_id == user_id))
-    await tx.conn.execute(SyncClient.__table__.delete().where(SyncClient.user_id == user_id))
+        tx.changed(
+            "notifications", notification_id, before=frozenset({f"u:{user_id}"}), after=frozenset()
+        )
+    await tx.conn.execute(delete(Device).where(Device.user_id == user_id))
+    await tx.conn.execute(delete(SyncClient).where(SyncClient.user_id == user_id))

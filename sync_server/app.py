@@ -90,7 +90,11 @@ def create_app(settings: Settings) -> Starlette:
                 background.cancel_scope.cancel()
 
     api_routes = [
-        *health.routes, *auth.routes, *listings.routes, *orders.routes, *admin.routes,
+        *health.routes,
+        *auth.routes,
+        *listings.routes,
+        *orders.routes,
+        *admin.routes,
         *sync.routes,
     ]
     openapi_document = build_openapi(api_routes, VERSION)
@@ -101,11 +105,20 @@ def create_app(settings: Settings) -> Starlette:
     middleware = [
         Middleware(RequestLogMiddleware),
         Middleware(SecurityHeadersMiddleware),
-        Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                   allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                   allow_headers=["authorization", "content-type", "content-encoding",
-                                  "idempotency-key", "if-none-match"],
-                   expose_headers=["etag", "retry-after", "x-request-id"], max_age=600),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "content-encoding",
+                "idempotency-key",
+                "if-none-match",
+            ],
+            expose_headers=["etag", "retry-after", "x-request-id"],
+            max_age=600,
+        ),
         Middleware(CompressionMiddleware),
         Middleware(BodyMiddleware, max_bytes=settings.max_body_bytes),
     ]

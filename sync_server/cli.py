@@ -6,9 +6,15 @@ import argparse
 import asyncio
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from sync_server.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from storage.changelog import ChangeLog
+
+T = TypeVar("T")
 
 DESCRIPTION = """Fresh Roots sync server.
 
@@ -37,9 +43,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    print(f"Fresh Roots serving on http://{args.host}:{args.port} "
-          f"({'embedded SQLite' if settings.is_sqlite else 'PostgreSQL'}"
-          f"{' + Redis' if settings.redis_url else ', in-process cache'})", file=sys.stderr)
+    print(
+        f"Fresh Roots serving on http://{args.host}:{args.port} "
+        f"({'embedded SQLite' if settings.is_sqlite else 'PostgreSQL'}"
+        f"{' + Redis' if settings.redis_url else ', in-process cache'})",
+        file=sys.stderr,
+    )
     uvicorn.run(
         "sync_server.app:app_from_environment",
         factory=True,
@@ -69,7 +78,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_changelog(settings: Settings, work: object) -> object:
+async def _with_changelog(settings: Settings, work: Callable[[ChangeLog], Awaitable[T]]) -> T:
     from storage.cache import MemoryCache
     from storage.changelog import ChangeFeed, ChangeLog
     from storage.db import Database
@@ -84,13 +93,14 @@ async def _with_changelog(settings: Settings, work: object) -> object:
         from storage.cache import RedisCache
 
         redis = Redis.from_url(settings.redis_url)
-        feed = ChangeFeed(RedisCache(redis, settings.redis_prefix), MemoryPubSub(),
-                          settings.head_cache_seconds)
+        feed = ChangeFeed(
+            RedisCache(redis, settings.redis_prefix), MemoryPubSub(), settings.head_cache_seconds
+        )
     else:
         redis = None
         feed = ChangeFeed(MemoryCache(), MemoryPubSub(), settings.head_cache_seconds)
     try:
-        return await work(ChangeLog(db, feed))  # type: ignore[operator]
+        return await work(ChangeLog(db, feed))
     finally:
         if redis is not None:
             await redis.aclose()
@@ -99,7 +109,6 @@ async def _with_changelog(settings: Settings, work: object) -> object:
 
 async def ensure_admin(settings: Settings, email: str, password: str, name: str) -> str:
     from storage import users
-    from storage.changelog import ChangeLog
     from sync_server.security import PasswordHasher
 
     password_hash = await PasswordHasher(settings.bcrypt_rounds).hash(password)
@@ -108,8 +117,14 @@ async def ensure_admin(settings: Settings, email: str, password: str, name: str)
         async with changelog.transaction() as tx:
             existing = await users.find_by_email(tx.conn, email)
             if existing is None:
-                await users.create_user(tx, email=email, password_hash=password_hash,
-                                        name=name, phone=None, role="admin")
+                await users.create_user(
+                    tx,
+                    email=email,
+                    password_hash=password_hash,
+                    name=name,
+                    phone=None,
+                    role="admin",
+                )
                 return "created"
             await users.set_role(tx, existing["id"], "admin", password_hash)
             return "updated"
@@ -135,10 +150,13 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     from storage.seed import seed_listings
 
     settings = _settings()
-    report = asyncio.run(_with_changelog(
-        settings, lambda changelog: seed_listings(changelog, args.listings)))
-    print(f"demo listings: {report.listings_created} created, "  # type: ignore[attr-defined]
-          f"{report.listings_total} in the catalogue")  # type: ignore[attr-defined]
+    report = asyncio.run(
+        _with_changelog(settings, lambda changelog: seed_listings(changelog, args.listings))
+    )
+    print(
+        f"demo listings: {report.listings_created} created, "  # type: ignore[attr-defined]
+        f"{report.listings_total} in the catalogue"
+    )  # type: ignore[attr-defined]
     password = args.admin_password or secrets.token_urlsafe(9)
     outcome = asyncio.run(ensure_admin(settings, args.admin_email, password, "Demo admin"))
     print(f"demo admin {outcome}: email {args.admin_email}  password {password}")
@@ -146,19 +164,32 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="freshroots", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="freshroots",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="serve the HTTP and WebSocket API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes (default 1; use >1 only with PostgreSQL + Redis)")
-    serve.add_argument("--proxy-headers", action="store_true",
-                       help="trust X-Forwarded-For from --forwarded-allow-ips (behind nginx)")
-    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1",
-                       help="proxies trusted for X-Forwarded-* (default 127.0.0.1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (default 1; use >1 only with PostgreSQL + Redis)",
+    )
+    serve.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="trust X-Forwarded-For from --forwarded-allow-ips (behind nginx)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies trusted for X-Forwarded-* (default 127.0.0.1)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
@@ -167,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     seed = commands.add_parser("seed-demo", help="load a demo catalogue and a demo admin")
     seed.add_argument("--listings", type=int, default=40, help="how many listings (default 40)")
     seed.add_argument("--admin-email", default="admin@freshroots.demo")
-    seed.add_argument("--admin-password", default=None,
-                      help="demo admin password (default: a new random one, printed)")
+    seed.add_argument(
+        "--admin-password",
+        default=None,
+        help="demo admin password (default: a new random one, printed)",
+    )
     seed.set_defaults(run=cmd_seed_demo)
 
     admin = commands.add_parser("create-admin", help="create an admin, or promote a user")

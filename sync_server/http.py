@@ -26,10 +26,12 @@ T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def json_response(data: Any, status_code: int = 200, headers: dict[str, str] | None = None
-                  ) -> Response:
-    return Response(orjson.dumps(data), status_code=status_code, headers=headers,
-                    media_type="application/json")
+def json_response(
+    data: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status_code, headers=headers, media_type="application/json"
+    )
 
 
 def no_content() -> Response:
@@ -61,8 +63,14 @@ async def read_json(request: Request, model: type[T]) -> T:
         raise MalformedJSON() from None
 
 
-def query_int(request: Request, name: str, default: int | None = None, *,
-              minimum: int | None = None, maximum: int | None = None) -> int | None:
+def query_int(
+    request: Request,
+    name: str,
+    default: int | None = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default

@@ -83,7 +83,8 @@ class BodyMiddleware:
         encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
             await error_response(UnsupportedMediaType("Content-Encoding must be gzip."))(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
 
         if encoding == "identity":
@@ -100,7 +101,8 @@ class BodyMiddleware:
             body = inflater.decompress(bytes(raw), self.max_bytes + 1)
             if inflater.unconsumed_tail or len(body) > self.max_bytes:
                 await error_response(PayloadTooLarge("The inflated body is too large."))(
-                    scope, receive, send)
+                    scope, receive, send
+                )
                 return
         except zlib.error:
             await error_response(
@@ -109,7 +111,8 @@ class BodyMiddleware:
             return
         scope = dict(scope)
         scope["headers"] = [
-            (name, value) for name, value in scope["headers"]
+            (name, value)
+            for name, value in scope["headers"]
             if name not in (b"content-encoding", b"content-length")
         ] + [(b"content-length", str(len(body)).encode())]
         delivered = False
@@ -185,7 +188,8 @@ class CompressionMiddleware:
             )
             if eligible:
                 body = (
-                    brotli.compress(body, quality=5) if encoding == "br"
+                    brotli.compress(body, quality=5)
+                    if encoding == "br"
                     else gzip.compress(body, compresslevel=6, mtime=0)
                 )
                 headers["content-encoding"] = encoding

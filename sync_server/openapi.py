@@ -7,6 +7,7 @@ document cannot drift from what the server accepts.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -27,7 +28,7 @@ ERROR_SCHEMA = {
 }
 
 
-def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
+def build_openapi(routes: Sequence[BaseRoute], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     bodies: list[Any] = []
     for route in routes:
@@ -43,7 +44,8 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     if bodies:
         _, components = msgspec.json.schema_components(
-            bodies, ref_template="#/components/schemas/{name}")
+            bodies, ref_template="#/components/schemas/{name}"
+        )
         schemas.update(components)
     return {
         "openapi": "3.1.0",
@@ -51,15 +53,18 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
         },
     }
 
 
 def _operation(route: Route, meta: Doc) -> dict[str, Any]:
-    error = {"description": "Error", "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"}}}}
+    error = {
+        "description": "Error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     success: dict[str, Any] = {"description": "OK"}
     if meta.status != 204:
         success["content"] = {"application/json": {"schema": {"type": "object"}}}
@@ -82,6 +87,12 @@ def _operation(route: Route, meta: Doc) -> dict[str, Any]:
     if meta.auth:
         operation["security"] = [{"bearer": []}]
     if meta.body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{meta.body.__name__}"}}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{meta.body.__name__}"}
+                }
+            },
+        }
     return operation

@@ -25,8 +25,9 @@ class RateLimiter:
         if count > limit:
             raise RateLimited(await self._cache.ttl(f"rl:{key}") or window, message)
 
-    async def refuse_if_exhausted(self, key: str, limit: int, window: int,
-                                  message: str | None = None) -> None:
+    async def refuse_if_exhausted(
+        self, key: str, limit: int, window: int, message: str | None = None
+    ) -> None:
         """Refuse without counting (used before checking a password, to skip the bcrypt work)."""
         if not self.limits.enabled:
             return

@@ -75,8 +75,9 @@ class AccessTokens:
                 options={"require": ["exp", "iat", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise InvalidToken("The access token has expired; refresh it.",
-                               code="token_expired") from None
+            raise InvalidToken(
+                "The access token has expired; refresh it.", code="token_expired"
+            ) from None
         except jwt.PyJWTError:
             raise InvalidToken() from None
         role = claims.get("role")

@@ -53,19 +53,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     pubsub: PubSub
     refresh_tokens: RefreshTokenStore
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
-                               health_check_interval=30)
+        redis = Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        )
         cache = RedisCache(redis, settings.redis_prefix)
         pubsub = RedisPubSub(redis, settings.redis_prefix, channels=(CHANGES_CHANNEL,))
-        refresh_tokens = RedisTokenStore(redis, settings.redis_prefix,
-                                         settings.refresh_token_seconds)
+        refresh_tokens = RedisTokenStore(
+            redis, settings.redis_prefix, settings.refresh_token_seconds
+        )
     else:
         cache = MemoryCache()
         pubsub = MemoryPubSub()
         refresh_tokens = DatabaseTokenStore(db, settings.refresh_token_seconds)
     feed = ChangeFeed(cache, pubsub, settings.head_cache_seconds)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0),
-                             headers={"user-agent": "freshroots-sync/0.1"})
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0), headers={"user-agent": "freshroots-sync/0.1"}
+    )
     services = Services(
         settings=settings,
         db=db,

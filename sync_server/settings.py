@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_SQLITE_FILE = "freshroots.db"
-SECRET_FILE_NAME = ".freshroots_jwt_secret"
+SECRET_FILE_NAME = ".freshroots_jwt_secret"  # noqa: S105 - a file name, not a secret
 
 
 class ConfigError(Exception):
@@ -166,9 +166,7 @@ class Settings:
             cors_origins=_list(env, "CORS_ORIGINS"),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, 1024),
             rate_limits=rate_limits,
-            changelog_retention_seconds=int(
-                _float(env, "CHANGELOG_RETENTION_DAYS", 30.0) * 86400
-            ),
+            changelog_retention_seconds=int(_float(env, "CHANGELOG_RETENTION_DAYS", 30.0) * 86400),
             prune_interval_seconds=_int(env, "CHANGELOG_PRUNE_INTERVAL_SECONDS", 600, 1),
             pull_default_limit=_int(env, "PULL_DEFAULT_LIMIT", 200, 1),
             pull_max_limit=_int(env, "PULL_MAX_LIMIT", 1000, 1),

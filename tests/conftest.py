@@ -50,8 +50,9 @@ def _base_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session", params=["embedded", "services"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
     env = _base_env()
     if request.param == "embedded":
         directory = tmp_path_factory.mktemp("embedded")
@@ -59,8 +60,11 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         upgrade(env["DATABASE_URL"])
         yield Backend("embedded", env)
         return
-    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
-               if not real.port_open("127.0.0.1", port)]
+    missing = [
+        name
+        for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
+        if not real.port_open("127.0.0.1", port)
+    ]
     if missing:
         message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
         if real.services_required():

@@ -26,8 +26,12 @@ def test_search_ignores_accents_and_apostrophes(admin: Api, buyer: Api) -> None:
 
 def test_filters_and_keyset_paging(admin: Api, buyer: Api) -> None:
     category = "cat" + secrets.token_hex(3)
-    made = [admin.create_listing(title=f"Giraumon {n}", price=1000 * (n + 1), category=category,
-                                 stock=n % 2) for n in range(7)]
+    made = [
+        admin.create_listing(
+            title=f"Giraumon {n}", price=1000 * (n + 1), category=category, stock=n % 2
+        )
+        for n in range(7)
+    ]
     seen: list[str] = []
     cursor = None
     while True:
@@ -43,8 +47,9 @@ def test_filters_and_keyset_paging(admin: Api, buyer: Api) -> None:
 
     cheap = buyer.get("/api/listings", params={"category": category, "max_price": 3000}).json()
     assert {item["price"] for item in cheap["items"]} == {1000, 2000, 3000}
-    stocked = buyer.get("/api/listings", params={"category": category, "in_stock": "true",
-                                                 "min_price": 2000}).json()
+    stocked = buyer.get(
+        "/api/listings", params={"category": category, "in_stock": "true", "min_price": 2000}
+    ).json()
     assert all(item["stock"] > 0 and item["price"] >= 2000 for item in stocked["items"])
     assert buyer.get("/api/listings", params={"min_price": "cheap"}).status_code == 422
 
@@ -64,8 +69,10 @@ def test_a_cached_page_is_never_served_after_a_change(admin: Api, buyer: Api) ->
     assert buyer.get("/api/listings", params={"category": category}).json() == first  # cached
     patched = admin.patch(f"/api/admin/listings/{listing['id']}", json={"price": 4500})
     assert patched.status_code == 200 and patched.json()["price"] == 4500
-    assert buyer.get("/api/listings", params={"category": category}).json()["items"][0][
-        "price"] == 4500
+    assert (
+        buyer.get("/api/listings", params={"category": category}).json()["items"][0]["price"]
+        == 4500
+    )
     assert buyer.get(f"/api/listings/{listing['id']}").json()["price"] == 4500
     admin.patch(f"/api/admin/listings/{listing['id']}", json={"status": "draft"})
     assert buyer.get("/api/listings", params={"category": category}).json()["items"] == []
@@ -85,8 +92,15 @@ def test_admin_listing_validation(admin: Api) -> None:
 def test_openapi_describes_every_route(server: str) -> None:
     document = Api(server).get("/openapi.json").json()
     paths = document["paths"]
-    for path in ("/api/sync/pull", "/api/sync/push", "/api/auth/login", "/api/listings",
-                 "/api/admin/orders/{order_id}/approve", "/healthz", "/readyz"):
+    for path in (
+        "/api/sync/pull",
+        "/api/sync/push",
+        "/api/auth/login",
+        "/api/listings",
+        "/api/admin/orders/{order_id}/approve",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in paths
     assert "PushBody" in document["components"]["schemas"]
 

@@ -37,10 +37,21 @@ def instances(backend: Backend, server: str) -> Iterator[list[str]]:
 
 
 def purchase(mutation_id: int, listing_id: str, quantity: int = 1) -> dict[str, Any]:
-    return {"id": mutation_id, "name": "purchase_request", "args": {
-        "order_id": "ord-" + secrets.token_hex(8), "payment_method": "cod",
-        "items": [{"item_id": "itm-" + secrets.token_hex(8), "listing_id": listing_id,
-                   "quantity": quantity}]}}
+    return {
+        "id": mutation_id,
+        "name": "purchase_request",
+        "args": {
+            "order_id": "ord-" + secrets.token_hex(8),
+            "payment_method": "cod",
+            "items": [
+                {
+                    "item_id": "itm-" + secrets.token_hex(8),
+                    "listing_id": listing_id,
+                    "quantity": quantity,
+                }
+            ],
+        },
+    }
 
 
 def stock_of(api: Api, listing_id: str) -> int:
@@ -56,12 +67,20 @@ def test_out_of_order_commit_is_not_skipped(admin: Api, buyer: Api, server: str)
 
     async def slow_writer(app: Any) -> None:
         async with app.state.services.changelog.transaction() as tx:
-            await create_listing(tx, None, {"title": "Held open", "price": 100, "unit": "kg",
-                                            "stock": 1, "status": "published"},
-                                 listing_id=held_id)
+            await create_listing(
+                tx,
+                None,
+                {
+                    "title": "Held open",
+                    "price": 100,
+                    "unit": "kg",
+                    "stock": 1,
+                    "status": "published",
+                },
+                listing_id=held_id,
+            )
             written.set()
-            while not release.is_set():
-                await asyncio.sleep(0.01)
+            await asyncio.to_thread(release.wait, 30)
 
     held = submit_in_server(server, slow_writer)
     assert written.wait(10)
@@ -69,20 +88,25 @@ def test_out_of_order_commit_is_not_skipped(admin: Api, buyer: Api, server: str)
         later = [pool.submit(admin.create_listing, title=f"Later {n}") for n in range(3)]
         time.sleep(0.5)  # PostgreSQL: they commit now; SQLite: they queue behind the writer
         cursor, pages = buyer.pull_all(cursor)
-        seen = {row["id"] for page in pages for row in page["changes"].get("listings", {})
-                .get("put", [])}
+        seen = {
+            row["id"]
+            for page in pages
+            for row in page["changes"].get("listings", {}).get("put", [])
+        }
         assert held_id not in seen
         release.set()
         held.result(10)
         later_ids = {future.result(30)["id"] for future in later}
     cursor, pages = buyer.pull_all(cursor)
-    seen |= {row["id"] for page in pages for row in page["changes"].get("listings", {})
-             .get("put", [])}
+    seen |= {
+        row["id"] for page in pages for row in page["changes"].get("listings", {}).get("put", [])
+    }
     assert held_id in seen and later_ids <= seen
 
 
 def test_replicas_from_small_pages_converge_under_concurrent_writes(
-        backend: Backend, instances: list[str], admin_email: str) -> None:
+    backend: Backend, instances: list[str], admin_email: str
+) -> None:
     admins = [login(url, admin_email, ADMIN_PASSWORD) for url in instances]
     readers = [register(instances[0], "reader"), login(instances[1], admin_email, ADMIN_PASSWORD)]
     writes_per_thread, threads = (125, 8) if backend.is_services else (40, 4)
@@ -97,8 +121,9 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
             with lock:
                 target = rng.choice(live) if live and rng.random() < 0.7 else None
             if target is None:
-                listing = api.create_listing(title=f"Race {worker}",
-                                             status=rng.choice(["published", "draft"]))
+                listing = api.create_listing(
+                    title=f"Race {worker}", status=rng.choice(["published", "draft"])
+                )
                 with lock:
                     live.append(listing["id"])
                 continue
@@ -109,10 +134,14 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
                         if target in live:
                             live.remove(target)
             else:
-                change = rng.choice([{"price": rng.randint(1, 900) * 100},
-                                     {"stock": rng.randint(0, 50)},
-                                     {"status": rng.choice(["published", "draft"])},
-                                     {"title": f"Renamed {rng.randint(0, 99)}"}])
+                change = rng.choice(
+                    [
+                        {"price": rng.randint(1, 900) * 100},
+                        {"stock": rng.randint(0, 50)},
+                        {"status": rng.choice(["published", "draft"])},
+                        {"title": f"Renamed {rng.randint(0, 99)}"},
+                    ]
+                )
                 response = api.patch(f"/api/admin/listings/{target}", json=change)
                 assert response.status_code in (200, 404), response.text
 
@@ -136,8 +165,10 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
 
     replicas: list[Replica] = [{}, {}]
     with ThreadPoolExecutor(threads + 2) as pool:
-        followers = [pool.submit(follow, reader, replica)
-                     for reader, replica in zip(readers, replicas, strict=True)]
+        followers = [
+            pool.submit(follow, reader, replica)
+            for reader, replica in zip(readers, replicas, strict=True)
+        ]
         writers = [pool.submit(write, worker) for worker in range(threads)]
         for writer in writers:
             writer.result(300)
@@ -153,7 +184,8 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
 
 
 def test_one_batch_sent_thirteen_times_is_applied_once(
-        admin: Api, buyer: Api, instances: list[str]) -> None:
+    admin: Api, buyer: Api, instances: list[str]
+) -> None:
     listings = [admin.create_listing(title=f"Batch {n}", stock=10) for n in range(5)]
     device = client_id()
     batch = [purchase(n + 1, listing["id"], 2) for n, listing in enumerate(listings)]
@@ -177,8 +209,7 @@ def test_one_batch_sent_thirteen_times_is_applied_once(
     assert len(orders) == 5
 
 
-def test_sixty_buyers_race_for_twenty_units(
-        admin: Api, server: str, instances: list[str]) -> None:
+def test_sixty_buyers_race_for_twenty_units(admin: Api, server: str, instances: list[str]) -> None:
     listing = admin.create_listing(title="Ananas Victoria", stock=20)
     with ThreadPoolExecutor(8) as pool:
         buyers = list(pool.map(lambda n: register(instances[n % 2], f"racer{n}"), range(60)))
@@ -206,7 +237,8 @@ def test_sixty_buyers_race_for_twenty_units(
 
 
 def test_server_killed_mid_push_then_retried_applies_exactly_once(
-        services_backend: Backend, admin: Api, buyer: Api) -> None:
+    services_backend: Backend, admin: Api, buyer: Api
+) -> None:
     backend = services_backend
     listings = [admin.create_listing(title=f"Kill {n}", stock=10) for n in range(5)]
     device = client_id()
@@ -216,14 +248,16 @@ def test_server_killed_mid_push_then_retried_applies_exactly_once(
     try:
         with psycopg.connect(url) as blocker:
             # Hold the third listing's row: the push applies mutations 1 and 2, then waits here.
-            blocker.execute("SELECT id FROM listings WHERE id = %s FOR UPDATE",
-                            (listings[2]["id"],))
+            blocker.execute(
+                "SELECT id FROM listings WHERE id = %s FOR UPDATE", (listings[2]["id"],)
+            )
             with ThreadPoolExecutor(1) as pool:
                 in_flight = pool.submit(buyer.on(server.base_url).push, device, batch)
                 with psycopg.connect(url, autocommit=True) as observer:
                     for _ in range(200):
                         waiting = observer.execute(
-                            "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+                            "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                        ).fetchone()
                         if waiting and waiting[0] > 0:
                             break
                         time.sleep(0.05)

@@ -22,14 +22,26 @@ def test_initial_sync_pages_build_the_same_replica_as_one_page(admin: Api, buyer
     _, one_page = buyer.pull_all(limit=1000)
     _, small_pages = buyer.pull_all(limit=2)
     assert len(small_pages) >= 3
-    assert all(sum(len(items) for table in page["changes"].values() for items in table.values())
-               <= 2 for page in small_pages)
+    assert all(
+        sum(len(items) for table in page["changes"].values() for items in table.values()) <= 2
+        for page in small_pages
+    )
     assert build(small_pages) == build(one_page)
     listings = build(one_page)["listings"]
     assert all(row["status"] == "published" for row in listings.values())
     sample = next(iter(listings.values()))
-    assert set(sample) == {"id", "title", "description", "price", "unit", "stock", "category",
-                           "images", "status", "updated_at"}
+    assert set(sample) == {
+        "id",
+        "title",
+        "description",
+        "price",
+        "unit",
+        "stock",
+        "category",
+        "images",
+        "status",
+        "updated_at",
+    }
 
 
 def test_a_change_arrives_as_a_patch_of_only_its_fields(admin: Api, buyer: Api) -> None:
@@ -59,11 +71,13 @@ def test_new_rows_are_put_and_rows_leaving_scope_are_deleted(admin: Api, buyer: 
     assert {hidden["id"], gone["id"]} <= set(changes_for(pages, "listings", "del"))
 
     # Back in scope: the buyer does not hold it any more, so it comes whole.
-    admin.patch(f"/api/admin/listings/{hidden['id']}", json={"status": "published",
-                                                             "title": "Chou pommé"})
+    admin.patch(
+        f"/api/admin/listings/{hidden['id']}", json={"status": "published", "title": "Chou pommé"}
+    )
     _, pages = buyer.pull_all(cursor)
-    assert [row["title"] for row in changes_for(pages, "listings", "put")
-            if row["id"] == hidden["id"]] == ["Chou pommé"]
+    assert [
+        row["title"] for row in changes_for(pages, "listings", "put") if row["id"] == hidden["id"]
+    ] == ["Chou pommé"]
 
 
 def test_drafts_reach_admins_but_not_buyers(admin: Api, buyer: Api) -> None:
@@ -82,10 +96,26 @@ def test_orders_reach_their_owner_and_admins_only(admin: Api, server: str) -> No
     bob_cursor, _ = bob.pull_all()
     admin_cursor, _ = admin.pull_all()
     order_id = "ord-" + secrets.token_hex(6)
-    result = alice.push(client_id(), [{"id": 1, "name": "purchase_request", "args": {
-        "order_id": order_id, "payment_method": "cod",
-        "items": [{"item_id": "itm-" + secrets.token_hex(6), "listing_id": listing["id"],
-                   "quantity": 2}]}}]).json()["results"][0]
+    result = alice.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listing["id"],
+                            "quantity": 2,
+                        }
+                    ],
+                },
+            }
+        ],
+    ).json()["results"][0]
     assert result["ok"], result
     _, alice_pages = alice.pull_all()
     alice_replica = build(alice_pages)
@@ -96,8 +126,9 @@ def test_orders_reach_their_owner_and_admins_only(admin: Api, server: str) -> No
     _, bob_pages = bob.pull_all(bob_cursor)
     assert not changes_for(bob_pages, "orders", "put")
     assert not changes_for(bob_pages, "notifications", "put")
-    stock_patches = [p for p in changes_for(bob_pages, "listings", "patch")
-                     if p["id"] == listing["id"]]
+    stock_patches = [
+        p for p in changes_for(bob_pages, "listings", "patch") if p["id"] == listing["id"]
+    ]
     assert stock_patches[-1]["stock"] == 8  # public stock moves for everyone
 
     _, admin_pages = admin.pull_all(admin_cursor)
@@ -121,12 +152,14 @@ def test_tampered_and_foreign_cursors_reset_and_garbage_is_400(admin: Api, serve
 
 def test_if_none_match_with_nothing_new_is_304(admin: Api, buyer: Api) -> None:
     cursor, _ = buyer.pull_all()
-    response = buyer.get("/api/sync/pull", params={"cursor": cursor},
-                         headers={"if-none-match": f'"{cursor}"'})
+    response = buyer.get(
+        "/api/sync/pull", params={"cursor": cursor}, headers={"if-none-match": f'"{cursor}"'}
+    )
     assert response.status_code == 304 and response.content == b""
     admin.create_listing(title="Citron")
-    response = buyer.get("/api/sync/pull", params={"cursor": cursor},
-                         headers={"if-none-match": f'"{cursor}"'})
+    response = buyer.get(
+        "/api/sync/pull", params={"cursor": cursor}, headers={"if-none-match": f'"{cursor}"'}
+    )
     assert response.status_code == 200
     assert response.headers["etag"] == f'"{response.json()["cursor"]}"'
 
@@ -138,7 +171,8 @@ def test_an_empty_pull_keeps_the_cursor(buyer: Api) -> None:
 
 
 def test_a_cursor_older_than_the_retention_window_gets_a_reset(
-        admin: Api, buyer: Api, backend: Backend) -> None:
+    admin: Api, buyer: Api, backend: Backend
+) -> None:
     cursor, _ = buyer.pull_all()
     admin.create_listing(title="Goyave de Chine")
 
@@ -160,7 +194,9 @@ def test_a_cursor_older_than_the_retention_window_gets_a_reset(
 
 
 def test_compressed_pull_is_smaller(buyer: Api) -> None:
-    plain = buyer.get("/api/sync/pull", params={"limit": 50}, headers={"accept-encoding": "identity"})
+    plain = buyer.get(
+        "/api/sync/pull", params={"limit": 50}, headers={"accept-encoding": "identity"}
+    )
     packed = buyer.get("/api/sync/pull", params={"limit": 50}, headers={"accept-encoding": "br"})
     assert packed.headers.get("content-encoding") == "br"
     assert packed.json() == plain.json()

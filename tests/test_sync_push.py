@@ -14,11 +14,22 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
-def purchase(mutation_id: int, listing_id: str, quantity: int = 1, order_id: str | None = None,
-             method: str = "cod") -> dict:
-    return {"id": mutation_id, "name": "purchase_request", "args": {
-        "order_id": order_id or new_id("ord"), "payment_method": method,
-        "items": [{"item_id": new_id("itm"), "listing_id": listing_id, "quantity": quantity}]}}
+def purchase(
+    mutation_id: int,
+    listing_id: str,
+    quantity: int = 1,
+    order_id: str | None = None,
+    method: str = "cod",
+) -> dict:
+    return {
+        "id": mutation_id,
+        "name": "purchase_request",
+        "args": {
+            "order_id": order_id or new_id("ord"),
+            "payment_method": method,
+            "items": [{"item_id": new_id("itm"), "listing_id": listing_id, "quantity": quantity}],
+        },
+    }
 
 
 def stock_of(api: Api, listing_id: str) -> int:
@@ -51,8 +62,13 @@ def test_business_rejections_are_final_and_recorded(admin: Api, buyer: Api) -> N
     ]
     results = buyer.push(device, batch).json()["results"]
     codes = [r.get("error", {}).get("code") for r in results]
-    assert codes == ["out_of_stock", "listing_unavailable", "unknown_mutation", "invalid_args",
-                     None]
+    assert codes == [
+        "out_of_stock",
+        "listing_unavailable",
+        "unknown_mutation",
+        "invalid_args",
+        None,
+    ]
     assert stock_of(admin, listing["id"]) == 0
     # Re-sent after the client dropped nothing: the recorded outcomes come back unchanged.
     assert buyer.push(device, batch).json()["results"] == results
@@ -74,9 +90,11 @@ def test_duplicate_entity_ids_are_refused(admin: Api, server: str) -> None:
     alice, bob = register(server, "alice"), register(server, "bob")
     order_id = new_id("ord")
     assert alice.push(client_id(), [purchase(1, listing["id"], order_id=order_id)]).json()[
-        "results"][0]["ok"]
+        "results"
+    ][0]["ok"]
     taken = bob.push(client_id(), [purchase(1, listing["id"], order_id=order_id)]).json()[
-        "results"][0]
+        "results"
+    ][0]
     assert taken["error"]["code"] == "duplicate_id"
     assert stock_of(admin, listing["id"]) == 4
 
@@ -96,16 +114,28 @@ def test_other_mutations(admin: Api, buyer: Api) -> None:
     device = client_id()
     order = purchase(1, listing["id"], 4)
     interest_id = new_id("int")
-    results = buyer.push(device, [
-        order,
-        {"id": 2, "name": "express_interest",
-         "args": {"interest_id": interest_id, "listing_id": listing["id"],
-                  "message": "Eski ou ena ankor?"}},
-        {"id": 3, "name": "cancel_order", "args": {"order_id": order["args"]["order_id"]}},
-        {"id": 4, "name": "register_device",
-         "args": {"expo_push_token": "ExponentPushToken[abc123]", "platform": "android"}},
-        {"id": 5, "name": "cancel_order", "args": {"order_id": order["args"]["order_id"]}},
-    ]).json()["results"]
+    results = buyer.push(
+        device,
+        [
+            order,
+            {
+                "id": 2,
+                "name": "express_interest",
+                "args": {
+                    "interest_id": interest_id,
+                    "listing_id": listing["id"],
+                    "message": "Eski ou ena ankor?",
+                },
+            },
+            {"id": 3, "name": "cancel_order", "args": {"order_id": order["args"]["order_id"]}},
+            {
+                "id": 4,
+                "name": "register_device",
+                "args": {"expo_push_token": "ExponentPushToken[abc123]", "platform": "android"},
+            },
+            {"id": 5, "name": "cancel_order", "args": {"order_id": order["args"]["order_id"]}},
+        ],
+    ).json()["results"]
     assert [r["ok"] for r in results] == [True, True, True, True, False]
     assert results[4]["error"]["code"] == "order_cancelled"
     assert stock_of(admin, listing["id"]) == 6  # released by the cancellation
@@ -113,18 +143,23 @@ def test_other_mutations(admin: Api, buyer: Api) -> None:
     notifications = buyer.get("/api/notifications").json()["items"]
     unread = [n["id"] for n in notifications if not n["read"]]
     assert unread
-    read = buyer.push(device, [{"id": 6, "name": "mark_notifications_read",
-                                "args": {"ids": unread}}]).json()["results"][0]
+    read = buyer.push(
+        device, [{"id": 6, "name": "mark_notifications_read", "args": {"ids": unread}}]
+    ).json()["results"][0]
     assert read["result"]["updated"] == len(unread)
     assert all(n["read"] for n in buyer.get("/api/notifications").json()["items"])
 
 
 def test_gzip_push_body(admin: Api, buyer: Api) -> None:
     listing = admin.create_listing(stock=3)
-    body = gzip.compress(orjson.dumps({"client_id": client_id(),
-                                       "mutations": [purchase(1, listing["id"])]}))
-    response = buyer.post("/api/sync/push", content=body, headers={
-        "content-type": "application/json", "content-encoding": "gzip"})
+    body = gzip.compress(
+        orjson.dumps({"client_id": client_id(), "mutations": [purchase(1, listing["id"])]})
+    )
+    response = buyer.post(
+        "/api/sync/push",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
     assert response.status_code == 200 and response.json()["results"][0]["ok"]
 
 
@@ -139,22 +174,27 @@ def test_rest_purchase_request_with_idempotency_key(admin: Api, buyer: Api) -> N
     assert first.json()["total"] == 14000 and first.json()["status"] == "pending"
     assert len(first.json()["items"]) == 1
     assert stock_of(admin, listing["id"]) == 1
-    too_many = buyer.post("/api/orders/purchase-request",
-                          json=purchase(1, listing["id"], 2)["args"])
+    too_many = buyer.post(
+        "/api/orders/purchase-request", json=purchase(1, listing["id"], 2)["args"]
+    )
     assert too_many.status_code == 409 and too_many.json()["error"]["code"] == "out_of_stock"
 
 
 def test_admin_decisions_are_audited_and_transitions_enforced(admin: Api, buyer: Api) -> None:
     listing = admin.create_listing(stock=5)
     approved_id, rejected_id = new_id("ord"), new_id("ord")
-    buyer.push(client_id(), [purchase(1, listing["id"], 1, approved_id),
-                             purchase(2, listing["id"], 2, rejected_id)])
+    buyer.push(
+        client_id(),
+        [purchase(1, listing["id"], 1, approved_id), purchase(2, listing["id"], 2, rejected_id)],
+    )
     assert stock_of(admin, listing["id"]) == 2
     pending = admin.get("/api/admin/orders", params={"status": "pending"}).json()["items"]
     assert {approved_id, rejected_id} <= {order["id"] for order in pending}
 
-    assert admin.put(f"/api/admin/orders/{approved_id}/approve",
-                     json={"notes": "ok"}).json()["status"] == "approved"
+    assert (
+        admin.put(f"/api/admin/orders/{approved_id}/approve", json={"notes": "ok"}).json()["status"]
+        == "approved"
+    )
     rejected = admin.put(f"/api/admin/orders/{rejected_id}/reject", json={"reason": "closed"})
     assert rejected.json()["status"] == "rejected" and rejected.json()["reject_reason"] == "closed"
     assert stock_of(admin, listing["id"]) == 4
@@ -162,18 +202,27 @@ def test_admin_decisions_are_audited_and_transitions_enforced(admin: Api, buyer:
     again = admin.put(f"/api/admin/orders/{rejected_id}/approve", json={})
     assert again.status_code == 409 and again.json()["error"]["code"] == "order_rejected"
     assert admin.put(f"/api/admin/orders/{rejected_id}/mark-paid", json={}).status_code == 409
-    assert admin.put(f"/api/admin/orders/{approved_id}/mark-paid", json={}).json()[
-        "payment_status"] == "paid"
-    assert admin.put(f"/api/admin/orders/{approved_id}/complete", json={}).json()[
-        "status"] == "completed"
+    assert (
+        admin.put(f"/api/admin/orders/{approved_id}/mark-paid", json={}).json()["payment_status"]
+        == "paid"
+    )
+    assert (
+        admin.put(f"/api/admin/orders/{approved_id}/complete", json={}).json()["status"]
+        == "completed"
+    )
     assert admin.put("/api/admin/orders/nope-nope/approve", json={}).status_code == 404
 
     _, pages = admin.pull_all()
-    actions = [row for page in pages
-               for row in page["changes"].get("admin_actions", {}).get("put", [])]
+    actions = [
+        row for page in pages for row in page["changes"].get("admin_actions", {}).get("put", [])
+    ]
     audited = {(row["action"], row["target_id"]) for row in actions}
-    assert {("approve_order", approved_id), ("reject_order", rejected_id),
-            ("mark_paid", approved_id), ("complete", approved_id)} <= audited
+    assert {
+        ("approve_order", approved_id),
+        ("reject_order", rejected_id),
+        ("mark_paid", approved_id),
+        ("complete", approved_id),
+    } <= audited
     kinds = [n["type"] for n in buyer.get("/api/notifications").json()["items"]]
     assert {"order_approved", "order_rejected", "order_paid", "order_completed"} <= set(kinds)
 
@@ -185,6 +234,7 @@ def test_another_users_order_is_not_found(admin: Api, server: str) -> None:
     alice.push(client_id(), [purchase(1, listing["id"], order_id=order_id)])
     assert alice.get(f"/api/orders/{order_id}").status_code == 200
     assert bob.get(f"/api/orders/{order_id}").status_code == 404
-    cancel = bob.push(client_id(), [{"id": 1, "name": "cancel_order",
-                                     "args": {"order_id": order_id}}]).json()["results"][0]
+    cancel = bob.push(
+        client_id(), [{"id": 1, "name": "cancel_order", "args": {"order_id": order_id}}]
+    ).json()["results"][0]
     assert cancel["ok"] is False and cancel["error"]["code"] == "not_found"

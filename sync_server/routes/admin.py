@@ -77,8 +77,10 @@ def check_listing_values(values: dict[str, Any]) -> None:
         "status": lambda v: v in STATUSES,
         "category": lambda v: isinstance(v, str) and 1 <= len(v) <= 40,
         "description": lambda v: isinstance(v, str) and len(v) <= 5000,
-        "images": lambda v: len(v) <= 20 and all(
-            isinstance(i, str) and 0 < len(i) <= 255 and " " not in i for i in v),
+        "images": lambda v: (
+            len(v) <= 20
+            and all(isinstance(i, str) and 0 < len(i) <= 255 and " " not in i for i in v)
+        ),
     }
     messages = {
         "title": "title must be 1 to 200 characters",
@@ -108,22 +110,31 @@ async def create_listing(request: Request) -> Response:
     check_listing_values(values)
     services = services_of(request)
     listing_id = await services.changelog.run(
-        lambda tx: listing_store.create_listing(tx, admin, values))
+        lambda tx: listing_store.create_listing(tx, admin, values)
+    )
     return json_response(await _listing(request, listing_id, admin), 201)
 
 
-@doc("Edit, publish, unpublish or archive a listing; adjust stock; reorder images",
-     auth="admin", body=ListingPatch, tag="admin")
+@doc(
+    "Edit, publish, unpublish or archive a listing; adjust stock; reorder images",
+    auth="admin",
+    body=ListingPatch,
+    tag="admin",
+)
 async def patch_listing(request: Request) -> Response:
     admin = await require_admin(request)
     listing_id = path_param(request, "listing_id")
     body = await read_json(request, ListingPatch)
-    values = {key: value for key, value in msgspec.structs.asdict(body).items()
-              if value is not msgspec.UNSET}
+    values = {
+        key: value
+        for key, value in msgspec.structs.asdict(body).items()
+        if value is not msgspec.UNSET
+    }
     check_listing_values(values)
     services = services_of(request)
     await services.changelog.run(
-        lambda tx: listing_store.update_listing(tx, admin, listing_id, values))
+        lambda tx: listing_store.update_listing(tx, admin, listing_id, values)
+    )
     return json_response(await _listing(request, listing_id, admin))
 
 
@@ -132,12 +143,17 @@ async def delete_listing(request: Request) -> Response:
     admin = await require_admin(request)
     listing_id = path_param(request, "listing_id")
     await services_of(request).changelog.run(
-        lambda tx: listing_store.delete_listing(tx, admin, listing_id))
+        lambda tx: listing_store.delete_listing(tx, admin, listing_id)
+    )
     return no_content()
 
 
-@doc("Orders, filtered and keyset paged", auth="admin", tag="admin",
-     query=("status", "from", "to", "user_id", "listing_id", "cursor", "limit"))
+@doc(
+    "Orders, filtered and keyset paged",
+    auth="admin",
+    tag="admin",
+    query=("status", "from", "to", "user_id", "listing_id", "cursor", "limit"),
+)
 async def list_orders(request: Request) -> Response:
     await require_admin(request)
     limit = query_int(request, "limit", 50, minimum=1, maximum=200) or 50
@@ -165,8 +181,11 @@ async def _decide(request: Request, admin: Principal, work: Any) -> Response:
 async def approve(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, ApproveBody) if await request.body() else ApproveBody()
-    return await _decide(request, admin, lambda tx, admin, order_id: order_store.approve_order(
-        tx, admin, order_id, body.notes))
+    return await _decide(
+        request,
+        admin,
+        lambda tx, admin, order_id: order_store.approve_order(tx, admin, order_id, body.notes),
+    )
 
 
 @doc("Reject a pending order (releases its stock)", auth="admin", body=RejectBody, tag="admin")
@@ -176,25 +195,42 @@ async def reject(request: Request) -> Response:
     reason = body.reason.strip()
     if not 1 <= len(reason) <= 1000:
         raise ValidationFailed("reason must be 1 to 1000 characters", field="reason")
-    return await _decide(request, admin, lambda tx, admin, order_id: order_store.reject_order(
-        tx, admin, order_id, reason))
+    return await _decide(
+        request,
+        admin,
+        lambda tx, admin, order_id: order_store.reject_order(tx, admin, order_id, reason),
+    )
 
 
-@doc("Cash on delivery: record the payment of an approved order", auth="admin",
-     body=NotesBody, tag="admin")
+@doc(
+    "Cash on delivery: record the payment of an approved order",
+    auth="admin",
+    body=NotesBody,
+    tag="admin",
+)
 async def mark_paid(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, NotesBody) if await request.body() else NotesBody()
-    return await _decide(request, admin, lambda tx, admin, order_id: order_store.set_payment_state(
-        tx, admin, order_id, "mark_paid", body.notes))
+    return await _decide(
+        request,
+        admin,
+        lambda tx, admin, order_id: order_store.set_payment_state(
+            tx, admin, order_id, "mark_paid", body.notes
+        ),
+    )
 
 
 @doc("Mark a paid order completed (handed over)", auth="admin", body=NotesBody, tag="admin")
 async def complete(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, NotesBody) if await request.body() else NotesBody()
-    return await _decide(request, admin, lambda tx, admin, order_id: order_store.set_payment_state(
-        tx, admin, order_id, "complete", body.notes))
+    return await _decide(
+        request,
+        admin,
+        lambda tx, admin, order_id: order_store.set_payment_state(
+            tx, admin, order_id, "complete", body.notes
+        ),
+    )
 
 
 routes = [

@@ -33,8 +33,9 @@ async def readyz(request: Request) -> Response:
     ready = all(value == "ok" for value in checks.values())
     status_code = 200 if ready else 503
     headers = None if ready else {"Retry-After": "5"}
-    return json_response({"status": "ok" if ready else "unavailable", "checks": checks},
-                         status_code, headers)
+    return json_response(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status_code, headers
+    )
 
 
 routes = [

@@ -71,8 +71,11 @@ async def _store(services: Services, key: str, body: bytes) -> None:
         return
 
 
-@doc("Search and filter listings (keyset paged)", tag="listings",
-     query=("q", "category", "min_price", "max_price", "in_stock", "cursor", "limit"))
+@doc(
+    "Search and filter listings (keyset paged)",
+    tag="listings",
+    query=("q", "category", "min_price", "max_price", "in_stock", "cursor", "limit"),
+)
 async def list_listings(request: Request) -> Response:
     services = services_of(request)
     principal = await optional_principal(request)
@@ -97,8 +100,11 @@ async def list_listings(request: Request) -> Response:
         await _store(services, key, body)
         if query.q and query.cursor is None:
             async with services.db.write() as conn:
-                await conn.execute(insert(SearchLog).values(
-                    query=query.q[:200], results=len(items), created_at=now_ms()))
+                await conn.execute(
+                    insert(SearchLog).values(
+                        query=query.q[:200], results=len(items), created_at=now_ms()
+                    )
+                )
     return Response(body, media_type="application/json")
 
 

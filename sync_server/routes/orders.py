@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
@@ -35,15 +35,23 @@ from sync_server.services import services_of
 
 async def order_with_items(conn: AsyncConnection, order_id: str) -> dict[str, Any] | None:
     row = (
-        await conn.execute(ORDERS.select_rows().where(Order.id == order_id))
-    ).mappings().one_or_none()
+        (await conn.execute(ORDERS.select_rows().where(Order.id == order_id)))
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return None
     items = (
-        await conn.execute(
-            ORDER_ITEMS.select_rows().where(OrderItem.order_id == order_id).order_by(OrderItem.id)
+        (
+            await conn.execute(
+                ORDER_ITEMS.select_rows()
+                .where(OrderItem.order_id == order_id)
+                .order_by(OrderItem.id)
+            )
         )
-    ).mappings().all()
+        .mappings()
+        .all()
+    )
     return {**ORDERS.encode(row), "items": [ORDER_ITEMS.encode(item) for item in items]}
 
 
@@ -85,22 +93,29 @@ async def _claim_key(tx: Tx, user_id: str, key: str) -> tuple[int, bytes] | None
     stored = (
         await tx.conn.execute(
             select(IdempotencyKey.status_code, IdempotencyKey.body).where(
-                IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+                IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
+            )
         )
     ).one()
     return int(stored.status_code), stored.body.encode()
 
 
-@doc("Place a purchase request (reserves stock); Idempotency-Key makes retries safe",
-     auth="user", body=PurchaseRequest, status=201, tag="orders")
+@doc(
+    "Place a purchase request (reserves stock); Idempotency-Key makes retries safe",
+    auth="user",
+    body=PurchaseRequest,
+    status=201,
+    tag="orders",
+)
 async def purchase_request(request: Request) -> Response:
     buyer = await authenticate(request)
     services = services_of(request)
     body = await read_json(request, PurchaseRequest)
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
-        raise ValidationFailed("Idempotency-Key must be 1 to 200 characters",
-                               field="Idempotency-Key")
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 200 characters", field="Idempotency-Key"
+        )
 
     async def work(tx: Tx) -> tuple[int, bytes]:
         if key is not None:
@@ -110,7 +125,7 @@ async def purchase_request(request: Request) -> Response:
         status_code, payload = await _purchase(tx, buyer, body)
         if key is not None:
             await tx.conn.execute(
-                IdempotencyKey.__table__.update()
+                update(IdempotencyKey)
                 .where(IdempotencyKey.user_id == buyer.user_id, IdempotencyKey.key == key)
                 .values(status_code=status_code, body=payload.decode())
             )
@@ -120,8 +135,12 @@ async def purchase_request(request: Request) -> Response:
     return Response(payload, status_code=status_code, media_type="application/json")
 
 
-@doc("The signed-in user's orders, newest first", auth="user", tag="orders",
-     query=("status", "cursor", "limit"))
+@doc(
+    "The signed-in user's orders, newest first",
+    auth="user",
+    tag="orders",
+    query=("status", "cursor", "limit"),
+)
 async def list_orders(request: Request) -> Response:
     buyer = await authenticate(request)
     services = services_of(request)
@@ -131,8 +150,9 @@ async def list_orders(request: Request) -> Response:
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
-async def page_orders(conn: AsyncConnection, request: Request, limit: int, *,
-                      user_id: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+async def page_orders(
+    conn: AsyncConnection, request: Request, limit: int, *, user_id: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     query = ORDERS.select_rows()
     if user_id is not None:
         query = query.where(Order.user_id == user_id)
@@ -149,17 +169,25 @@ async def page_orders(conn: AsyncConnection, request: Request, limit: int, *,
         query = query.where(Order.created_at < until)
     listing_id = request.query_params.get("listing_id")
     if listing_id:
-        query = query.where(Order.id.in_(
-            select(OrderItem.order_id).where(OrderItem.listing_id == listing_id)))
+        query = query.where(
+            Order.id.in_(select(OrderItem.order_id).where(OrderItem.listing_id == listing_id))
+        )
     cursor = request.query_params.get("cursor")
     if cursor:
         created_at, order_id = decode_page_cursor(cursor)
-        query = query.where((Order.created_at < created_at)
-                            | ((Order.created_at == created_at) & (Order.id < order_id)))
+        query = query.where(
+            (Order.created_at < created_at)
+            | ((Order.created_at == created_at) & (Order.id < order_id))
+        )
     rows = (
-        await conn.execute(
-            query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1))
-    ).mappings().all()
+        (
+            await conn.execute(
+                query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
+            )
+        )
+        .mappings()
+        .all()
+    )
     items = [ORDERS.encode(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
@@ -186,37 +214,50 @@ class InterestBody(msgspec.Struct, forbid_unknown_fields=True):
     message: str | None = None
 
 
-@doc("Express interest in a listing", auth="user", body=InterestBody, status=201,
-     tag="orders")
+@doc("Express interest in a listing", auth="user", body=InterestBody, status=201, tag="orders")
 async def interest(request: Request) -> Response:
     buyer = await authenticate(request)
     services = services_of(request)
     listing_id = path_param(request, "listing_id")
     body = await read_json(request, InterestBody)
-    args = ExpressInterest(interest_id=body.interest_id or new_id(), listing_id=listing_id,
-                           message=body.message)
+    args = ExpressInterest(
+        interest_id=body.interest_id or new_id(), listing_id=listing_id, message=body.message
+    )
     result = await services.changelog.run(lambda tx: express_interest(tx, buyer, args))
-    return json_response({"id": result["interest_id"], "listing_id": listing_id,
-                          "user_id": buyer.user_id, "message": body.message}, 201)
+    return json_response(
+        {
+            "id": result["interest_id"],
+            "listing_id": listing_id,
+            "user_id": buyer.user_id,
+            "message": body.message,
+        },
+        201,
+    )
 
 
-@doc("The signed-in user's notifications, newest first", auth="user", tag="orders",
-     query=("limit",))
+@doc(
+    "The signed-in user's notifications, newest first", auth="user", tag="orders", query=("limit",)
+)
 async def notifications(request: Request) -> Response:
     reader = await authenticate(request)
     services = services_of(request)
     limit = query_int(request, "limit", 50, minimum=1, maximum=200) or 50
     async with services.db.read() as conn:
         rows = (
-            await conn.execute(
-                NOTIFICATIONS.select_rows()
-                .where(Notification.user_id == reader.user_id)
-                .order_by(Notification.created_at.desc(), Notification.id.desc())
-                .limit(limit)
+            (
+                await conn.execute(
+                    NOTIFICATIONS.select_rows()
+                    .where(Notification.user_id == reader.user_id)
+                    .order_by(Notification.created_at.desc(), Notification.id.desc())
+                    .limit(limit)
+                )
             )
-        ).mappings().all()
-    return json_response({"items": [NOTIFICATIONS.encode(row) for row in rows],
-                          "next_cursor": None})
+            .mappings()
+            .all()
+        )
+    return json_response(
+        {"items": [NOTIFICATIONS.encode(row) for row in rows], "next_cursor": None}
+    )
 
 
 routes = [

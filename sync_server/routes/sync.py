@@ -27,8 +27,9 @@ class PushBody(msgspec.Struct, forbid_unknown_fields=True):
     mutations: list[Mutation]
 
 
-def decode_cursor(services: Services, principal: Principal, token: str | None
-                  ) -> tuple[CursorState | None, bool]:
+def decode_cursor(
+    services: Services, principal: Principal, token: str | None
+) -> tuple[CursorState | None, bool]:
     """(state, reset): a cursor we did not issue to this user restarts with a snapshot."""
     if token is None or token == "":
         return None, False
@@ -38,8 +39,7 @@ def decode_cursor(services: Services, principal: Principal, token: str | None
         return None, True
 
 
-async def nothing_new(services: Services, principal: Principal, state: CursorState | None
-                      ) -> bool:
+async def nothing_new(services: Services, principal: Principal, state: CursorState | None) -> bool:
     """Fast path: the cached heads prove no change in scope since the cursor (no database)."""
     if not isinstance(state, LogCursor):
         return False
@@ -50,8 +50,9 @@ async def nothing_new(services: Services, principal: Principal, state: CursorSta
     return all(head is not None and head <= state.position for head in heads)
 
 
-async def read_page(services: Services, principal: Principal, state: CursorState | None,
-                    reset: bool, limit: int) -> PullPage:
+async def read_page(
+    services: Services, principal: Principal, state: CursorState | None, reset: bool, limit: int
+) -> PullPage:
     async with services.db.read() as conn:
         try:
             page = await pull_page(conn, principal, state, limit)
@@ -79,14 +80,26 @@ def page_body(services: Services, principal: Principal, page: PullPage) -> dict[
     }
 
 
-@doc("Pull changes since a cursor (no cursor: initial snapshot)", auth="user", tag="sync",
-     query=("cursor", "limit"))
+@doc(
+    "Pull changes since a cursor (no cursor: initial snapshot)",
+    auth="user",
+    tag="sync",
+    query=("cursor", "limit"),
+)
 async def pull(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
     settings = services.settings
-    limit = query_int(request, "limit", settings.pull_default_limit, minimum=1,
-                      maximum=settings.pull_max_limit) or settings.pull_default_limit
+    limit = (
+        query_int(
+            request,
+            "limit",
+            settings.pull_default_limit,
+            minimum=1,
+            maximum=settings.pull_max_limit,
+        )
+        or settings.pull_default_limit
+    )
     token = request.query_params.get("cursor")
     state, reset = decode_cursor(services, principal, token)
     if_none_match = request.headers.get("if-none-match")
@@ -95,30 +108,41 @@ async def pull(request: Request) -> Response:
     if not reset and await nothing_new(services, principal, state):
         if if_none_match is not None and if_none_match == etag_of_request:
             return Response(status_code=304, headers={"etag": if_none_match})
-        return json_response({"cursor": token, "more": False, "reset": False, "changes": {}},
-                             headers={"etag": etag_of_request or ""})
+        return json_response(
+            {"cursor": token, "more": False, "reset": False, "changes": {}},
+            headers={"etag": etag_of_request or ""},
+        )
 
     page = await read_page(services, principal, state, reset, limit)
     body = page_body(services, principal, page)
     etag = f'"{body["cursor"]}"'
-    if (not page.changes and not page.more and not page.reset and if_none_match == etag
-            and etag == etag_of_request):
+    if (
+        not page.changes
+        and not page.more
+        and not page.reset
+        and if_none_match == etag
+        and etag == etag_of_request
+    ):
         return Response(status_code=304, headers={"etag": etag})
     return json_response(body, headers={"etag": etag})
 
 
-@doc("Push queued mutations; each is applied at most once, ever", auth="user", body=PushBody,
-     tag="sync")
+@doc(
+    "Push queued mutations; each is applied at most once, ever",
+    auth="user",
+    body=PushBody,
+    tag="sync",
+)
 async def push_route(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
     body = await read_json(request, PushBody)
     if not CLIENT_ID.match(body.client_id):
-        raise ValidationFailed("client_id must be 8 to 64 characters of [A-Za-z0-9_.:-]",
-                               field="client_id")
+        raise ValidationFailed(
+            "client_id must be 8 to 64 characters of [A-Za-z0-9_.:-]", field="client_id"
+        )
     if len(body.mutations) > MAX_MUTATIONS:
-        raise ValidationFailed(f"at most {MAX_MUTATIONS} mutations per push",
-                               field="mutations")
+        raise ValidationFailed(f"at most {MAX_MUTATIONS} mutations per push", field="mutations")
     check_batch(body.mutations)
     if not body.mutations:
         return json_response({"results": []})

@@ -59,8 +59,15 @@ class Api:
     # -- steps -----------------------------------------------------------------------------
 
     def create_listing(self, **values: Any) -> dict[str, Any]:
-        body = {"title": "Pomme d'amour", "price": 6000, "unit": "kg", "stock": 10,
-                "category": "vegetables", "status": "published", **values}
+        body = {
+            "title": "Pomme d'amour",
+            "price": 6000,
+            "unit": "kg",
+            "stock": 10,
+            "category": "vegetables",
+            "status": "published",
+            **values,
+        }
         response = self.post("/api/admin/listings", json=body)
         assert response.status_code == 201, response.text
         return dict(response.json())
@@ -86,8 +93,9 @@ class Api:
 
 def register(base_url: str, tag: str = "buyer", password: str = "correct horse 1") -> Api:
     api = Api(base_url)
-    response = api.post("/api/auth/register",
-                        json={"email": unique_email(tag), "password": password, "name": tag})
+    response = api.post(
+        "/api/auth/register", json={"email": unique_email(tag), "password": password, "name": tag}
+    )
     assert response.status_code == 201, response.text
     session = response.json()
     api.token = session["access_token"]
@@ -102,5 +110,8 @@ def login(base_url: str, email: str, password: str) -> Api:
     assert response.status_code == 200, response.text
     session = response.json()
     api.token, api.refresh_token, api.user = (
-        session["access_token"], session["refresh_token"], session["user"])
+        session["access_token"],
+        session["refresh_token"],
+        session["user"],
+    )
     return api

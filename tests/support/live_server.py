@@ -40,8 +40,9 @@ class _ThreadedServer(uvicorn.Server):
 RUNNING: dict[str, tuple[Any, _ThreadedServer]] = {}
 
 
-def run_in_server(base_url: str, make_coroutine: Callable[[Any], Awaitable[T]],
-                  timeout: float = 60) -> T:
+def run_in_server(
+    base_url: str, make_coroutine: Callable[[Any], Awaitable[T]], timeout: float = 60
+) -> T:
     """Run `make_coroutine(app)` on the server's own event loop and wait for its result."""
     app, server = RUNNING[base_url]
     assert server.loop is not None
@@ -49,8 +50,9 @@ def run_in_server(base_url: str, make_coroutine: Callable[[Any], Awaitable[T]],
     return future.result(timeout)
 
 
-def submit_in_server(base_url: str, make_coroutine: Callable[[Any], Awaitable[T]]
-                     ) -> concurrent.futures.Future[T]:
+def submit_in_server(
+    base_url: str, make_coroutine: Callable[[Any], Awaitable[T]]
+) -> concurrent.futures.Future[T]:
     app, server = RUNNING[base_url]
     assert server.loop is not None
     return asyncio.run_coroutine_threadsafe(_call(make_coroutine, app), server.loop)
@@ -65,7 +67,9 @@ def serve_in_thread(app: Any, *, port: int | None = None, **config: Any) -> Iter
     """Serve `app` on 127.0.0.1 and yield its base URL; shut it down on exit."""
     port = port or free_port()
     server = _ThreadedServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

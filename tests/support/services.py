@@ -29,8 +29,9 @@ def port_open(host: str, port: int) -> bool:
 def pg_user() -> str:
     for user in ("postgres", "root"):
         try:
-            with psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres",
-                                 connect_timeout=3):
+            with psycopg.connect(
+                host=PG_HOST, port=PG_PORT, user=user, dbname="postgres", connect_timeout=3
+            ):
                 return user
         except psycopg.Error:
             continue
@@ -40,16 +41,18 @@ def pg_user() -> str:
 def create_database() -> str:
     user = pg_user()
     name = f"freshroots_test_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=user, dbname="postgres", autocommit=True
+    ) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}"
 
 
 def drop_database(url: str) -> None:
     user, name = url.split("//", 1)[1].split("@")[0], url.rsplit("/", 1)[1]
-    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=user, dbname="postgres", autocommit=True
+    ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -58,6 +61,6 @@ def clear_redis_prefix(prefix: str) -> None:
     try:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
+            client.delete(*keys[start : start + 500])
     finally:
         client.close()

@@ -1,0 +1,257 @@
+"""Delta-sync benchmark: bytes on the wire and requests/s, as ratios to baselines.
+
+    python loadtests/bench_sync.py [--backend services|embedded|both] [--duration 10]
+
+Prints, for each backend:
+- bytes of an initial sync of 300 realistic listings (gzip and br) vs a conventional REST
+  JSON of the same rows (camelCase, ISO timestamps, full Cloudinary URLs, nested image
+  objects), gzip at the same level;
+- bytes of the pull that carries one stock change, and of a pull with nothing new;
+- requests/s (wrk) of an empty pull, a 50-change pull and a 5-mutation push, each as a ratio
+  to a bare Starlette JSON endpoint served by the same uvicorn in the same run.
+
+Needs `wrk` (Debian package `wrk`). Traffic goes to 127.0.0.1 only; every run is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import gzip
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import brotli
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from storage.migrate import upgrade  # noqa: E402
+from sync_server.cli import _with_changelog, ensure_admin  # noqa: E402
+from sync_server.settings import Settings  # noqa: E402
+from tests.support import services as real  # noqa: E402
+from tests.support.live_server import free_port  # noqa: E402
+from tests.support.processes import start_server  # noqa: E402
+
+CLOUDINARY_BASE = "https://res.cloudinary.com/freshroots/image/upload"
+
+
+def rest_baseline(rows: list[dict[str, Any]]) -> bytes:
+    """How a conventional REST API would ship the same listings."""
+
+    def iso(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
+
+    items = [
+        {
+            "id": row["id"],
+            "title": row["title"],
+            "description": row["description"],
+            "price": {"amount": row["price"] / 100, "currency": "MUR",
+                      "formatted": f"Rs {row['price'] / 100:,.2f}"},
+            "unit": row["unit"],
+            "stockQuantity": row["stock"],
+            "category": {"slug": row["category"], "name": row["category"].title()},
+            "status": row["status"],
+            "images": [
+                {"publicId": public_id, "url": f"{CLOUDINARY_BASE}/{public_id}.jpg",
+                 "thumbnailUrl": f"{CLOUDINARY_BASE}/c_fill,w_200,h_200/{public_id}.jpg",
+                 "width": 1200, "height": 900, "format": "jpg"}
+                for public_id in row["images"]
+            ],
+            "createdAt": iso(row["updated_at"]),
+            "updatedAt": iso(row["updated_at"]),
+        }
+        for row in rows
+    ]
+    return orjson.dumps({"data": items, "meta": {"total": len(items), "page": 1,
+                                                 "perPage": len(items)}})
+
+
+def wrk(url: str, duration: int, connections: int, headers: dict[str, str],
+        script: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str, str]:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
+    output = subprocess.run(command + [url], capture_output=True, text=True, timeout=duration + 30,
+                            env={**os.environ, **(env or {})}, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+(\S+)", output)
+    p99 = re.search(r"99%\s+(\S+)", output)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        print(f"    warning: {errors.group(1)} non-2xx responses from {url}")
+    return rps, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?"
+
+
+def pull(client: httpx.Client, token: str, **params: Any) -> httpx.Response:
+    return client.get("/api/sync/pull", params=params,
+                      headers={"authorization": f"Bearer {token}", "accept-encoding": "identity"})
+
+
+def raw_size(client: httpx.Client, token: str, encoding: str, **params: Any) -> int:
+    response = client.get("/api/sync/pull", params=params,
+                          headers={"authorization": f"Bearer {token}",
+                                   "accept-encoding": encoding})
+    return int(response.headers.get("content-length", len(response.content)))
+
+
+def session(client: httpx.Client, path: str, body: dict[str, Any]) -> str:
+    response = client.post(path, json=body)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def run_backend(name: str, env: dict[str, str], duration: int, connections: int) -> None:
+    settings = Settings.from_environ(env)
+    upgrade(env["DATABASE_URL"])
+    from storage.seed import seed_listings
+
+    asyncio.run(_with_changelog(settings, lambda log: seed_listings(log, 300)))
+    admin_email = "bench-admin@freshroots.test"
+    asyncio.run(ensure_admin(settings, admin_email, "bench admin password", "Bench"))
+
+    server = start_server(env)
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "bare_app.py"),
+                             str(bare_port)], env={**os.environ, **env})
+    try:
+        time.sleep(1.5)
+        client = httpx.Client(base_url=server.base_url, timeout=30)
+        admin = session(client, "/api/auth/login",
+                        {"email": admin_email, "password": "bench admin password"})
+        buyer = session(client, "/api/auth/register", {
+            "email": f"bench-{secrets.token_hex(4)}@example.mu", "password": "bench buyer 1",
+            "name": "Bench buyer"})
+        watcher = session(client, "/api/auth/register", {
+            "email": f"watch-{secrets.token_hex(4)}@example.mu", "password": "bench buyer 1",
+            "name": "Watcher"})
+
+        initial = pull(client, buyer, limit=1000).json()
+        rows = initial["changes"]["listings"]["put"]
+        ours_gzip = raw_size(client, buyer, "gzip", limit=1000)
+        ours_br = raw_size(client, buyer, "br", limit=1000)
+        ours_plain = len(pull(client, buyer, limit=1000).content)
+        rest = rest_baseline(rows)
+        rest_gzip = len(gzip.compress(rest, compresslevel=6, mtime=0))
+        rest_br = len(brotli.compress(rest, quality=5))
+        cursor = initial["cursor"]
+
+        # One stock change, as another buyer's phone sees it (a purchase moves public stock).
+        watch_cursor = pull(client, watcher, limit=1000).json()["cursor"]
+        target = rows[0]["id"]
+        client.post("/api/sync/push", headers={"authorization": f"Bearer {buyer}"}, json={
+            "client_id": "bench-stock-" + secrets.token_hex(4), "mutations": [
+                {"id": 1, "name": "purchase_request", "args": {
+                    "order_id": "bench-" + secrets.token_hex(6), "payment_method": "cod",
+                    "items": [{"item_id": "item-" + secrets.token_hex(6), "listing_id": target,
+                               "quantity": 1}]}}]}).raise_for_status()
+        stock_change = pull(client, watcher, cursor=watch_cursor)
+        watch_cursor = stock_change.json()["cursor"]
+        # An admin edit of the stock also moves `updated_at`.
+        client.patch(f"/api/admin/listings/{target}", json={"stock": 3},
+                     headers={"authorization": f"Bearer {admin}"}).raise_for_status()
+        admin_edit = pull(client, watcher, cursor=watch_cursor)
+        watch_cursor = admin_edit.json()["cursor"]
+        empty = pull(client, watcher, cursor=watch_cursor)
+        not_modified = client.get("/api/sync/pull", params={"cursor": watch_cursor},
+                                  headers={"authorization": f"Bearer {watcher}",
+                                           "if-none-match": f'"{watch_cursor}"'})
+
+        print(f"\n== {name}: bytes on the wire ==")
+        print(f"  initial sync, 300 listings: ours {ours_gzip:,} B gzip / {ours_br:,} B br "
+              f"({ours_plain:,} B plain); REST baseline {rest_gzip:,} B gzip / {rest_br:,} B br "
+              f"({len(rest):,} B plain)")
+        print(f"    ratio ours/REST: gzip {ours_gzip / rest_gzip:.2f}x, br {ours_br / rest_br:.2f}x")
+        print(f"  one stock change (a purchase, seen by another buyer): "
+              f"{len(stock_change.content)} B body: {stock_change.content.decode()}")
+        print(f"  one stock change (admin edit, stock + updated_at): "
+              f"{len(admin_edit.content)} B body")
+        print(f"  pull with nothing new: {len(empty.content)} B body; with If-None-Match: "
+              f"{not_modified.status_code}, {len(not_modified.content)} B body")
+
+        # A cursor with 50 changes after it, pulled again and again (the database path).
+        fifty_cursor = pull(client, admin, limit=1000).json()["cursor"]
+        for listing in rows[:50]:
+            client.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 1_000_000},
+                         headers={"authorization": f"Bearer {admin}"}).raise_for_status()
+        fifty = pull(client, admin, cursor=fifty_cursor, limit=100).json()
+        changed = sum(len(v) for t in fifty["changes"].values() for v in t.values())
+        empty_cursor = pull(client, buyer, cursor=cursor, limit=1000).json()["cursor"]
+        while True:
+            page = pull(client, buyer, cursor=empty_cursor, limit=1000).json()
+            empty_cursor = page["cursor"]
+            if not page["more"] and not page["changes"]:
+                break
+
+        print(f"\n== {name}: requests/s (wrk, 2 threads, {connections} connections, "
+              f"{duration}s each) ==")
+        bare_rps, bare_p50, bare_p99 = wrk(f"http://127.0.0.1:{bare_port}/bare", duration,
+                                           connections, {})
+        print(f"  bare Starlette JSON endpoint: {bare_rps:,.0f} req/s (p50 {bare_p50}, "
+              f"p99 {bare_p99})")
+        auth = {"Authorization": f"Bearer {buyer}"}
+        for label, url, headers in (
+            ("empty pull", f"{server.base_url}/api/sync/pull?cursor={empty_cursor}", auth),
+            (f"{changed}-change pull", f"{server.base_url}/api/sync/pull?cursor={fifty_cursor}"
+             "&limit=100", {"Authorization": f"Bearer {admin}"}),
+        ):
+            rps, p50, p99 = wrk(url, duration, connections, headers)
+            print(f"  {label}: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
+                  f"p99 {p99})")
+        listings = ",".join(listing["id"] for listing in rows[:50])
+        rps, p50, p99 = wrk(f"{server.base_url}/api/sync/push", duration, connections, {},
+                            script=ROOT / "loadtests" / "push.lua",
+                            env={"LISTINGS": listings, "TOKEN": buyer})
+        print(f"  5-mutation push: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
+              f"p99 {p99})")
+    finally:
+        bare.terminate()
+        server.process.terminate()
+        server.process.wait(10)
+        bare.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=("services", "embedded", "both"), default="both")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is required: apt-get install wrk")
+    base = {"JWT_SECRET": secrets.token_hex(24), "RATE_LIMITS": "off", "BCRYPT_ROUNDS": "10",
+            "LOG_LEVEL": "WARNING"}
+    if args.backend in ("embedded", "both"):
+        with tempfile.TemporaryDirectory() as directory:
+            env = {**base, "DATABASE_URL": f"sqlite:///{directory}/bench.db"}
+            run_backend("embedded (SQLite, in-process cache)", env, args.duration,
+                        args.connections)
+    if args.backend in ("services", "both"):
+        database_url = real.create_database()
+        prefix = f"frbench:{secrets.token_hex(3)}:"
+        try:
+            env = {**base, "DATABASE_URL": database_url, "REDIS_URL": real.REDIS_URL,
+                   "REDIS_PREFIX": prefix}
+            run_backend("PostgreSQL + Redis", env, args.duration, args.connections)
+        finally:
+            real.drop_database(database_url)
+            real.clear_redis_prefix(prefix)
+
+
+if __name__ == "__main__":
+    main()
