@@ -152,7 +152,7 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
 
         # One stock change, as another buyer's phone sees it (a purchase moves public stock).
         watch_cursor = pull(client, watcher, limit=1000).json()["cursor"]
-        target = rows[0]["id"]
+        target = next(row["id"] for row in rows if row["stock"] > 0)
         client.post("/api/sync/push", headers={"authorization": f"Bearer {buyer}"}, json={
             "client_id": "bench-stock-" + secrets.token_hex(4), "mutations": [
                 {"id": 1, "name": "purchase_request", "args": {

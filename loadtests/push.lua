@@ -26,6 +26,6 @@ function request()
       '"items":[{"item_id":"i%sm%d","listing_id":"%s","quantity":1}]}}',
       i, tag, i, tag, i, listing)
   end
-  local body = '{"client_id":"bench' .. tag .. '","mutations":[' .. table.concat(mutations, ",") .. ']}'
+  local body = '{"client_id":"bench-device-' .. tag .. '","mutations":[' .. table.concat(mutations, ",") .. ']}'
   return wrk.format(nil, "/api/sync/push", nil, body)
 end

@@ -30,6 +30,10 @@ class Cache(Protocol):
         """Store `value` unless the key already holds a larger integer."""
         ...
 
+    async def add_many(self, counts: dict[str, int], ttl: int) -> dict[str, int]:
+        """Add to several counters at once; returns their new totals."""
+        ...
+
     async def ping(self) -> None: ...
 
 
@@ -86,6 +90,15 @@ class MemoryCache:
         entry = self._live(key)
         if entry is None or int(entry[0]) < value:
             self._store(key, str(value).encode(), time.monotonic() + ttl)
+
+    async def add_many(self, counts: dict[str, int], ttl: int) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for key, count in counts.items():
+            entry = self._live(key)
+            total = (int(entry[0]) if entry else 0) + count
+            self._store(key, str(total).encode(), entry[1] if entry else time.monotonic() + ttl)
+            totals[key] = total
+        return totals
 
     async def ping(self) -> None:
         return None
@@ -148,6 +161,14 @@ class RedisCache:
 
     async def set_max(self, key: str, value: int, ttl: int) -> None:
         await self._set_max(keys=[self._key(key)], args=[value, max(1, ttl)])
+
+    async def add_many(self, counts: dict[str, int], ttl: int) -> dict[str, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, count in counts.items():
+                pipe.incrby(self._key(key), count)
+                pipe.expire(self._key(key), max(1, ttl), nx=True)
+            results = await pipe.execute()
+        return {key: int(total) for key, total in zip(counts, results[::2], strict=True)}
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -25,21 +25,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import orjson
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.cache import Cache
 from storage.db import Database, now_ms
+from storage.feed import ChangeFeed
 from storage.models import ChangeLogEntry, SyncMeta
-from storage.pubsub import PubSub
 
 log = logging.getLogger("freshroots.changelog")
 T = TypeVar("T")
 
 # Any fixed 64-bit key; only the change-log append takes it.
 APPEND_LOCK_KEY = 0x46524C4F47  # "FRLOG"
-CHANGES_CHANNEL = "changes"
 
 UPDATED, ENTERED, LEFT = 0, 1, 2
 
@@ -130,41 +127,6 @@ class Tx:
             if position > heads.get(scope, 0):
                 heads[scope] = position
         return heads, {table for (_scope, table, _row) in self._pending}
-
-
-class ChangeFeed:
-    """Announces committed positions: per-scope heads in the cache, a signal on pub/sub.
-
-    The heads let a pull with nothing new answer without touching the database. They are a
-    hint with a short TTL: if an announcement is lost (a crash right after commit), the head
-    is recomputed from the log when it expires, so a change can be late but never skipped.
-    """
-
-    def __init__(self, cache: Cache, pubsub: PubSub, head_ttl: int) -> None:
-        self.cache = cache
-        self.pubsub = pubsub
-        self.head_ttl = head_ttl
-        self.listeners: list[Callable[[dict[str, int], set[str]], Awaitable[None]]] = []
-
-    async def announce(self, heads: dict[str, int], tables: set[str]) -> None:
-        try:
-            for scope, position in heads.items():
-                await self.cache.set_max(f"head:{scope}", position, self.head_ttl)
-            await self.pubsub.publish(CHANGES_CHANNEL, orjson.dumps(heads))
-        except Exception:  # committed already; a lost announcement only delays readers
-            log.exception("could not announce committed changes")
-        for listener in self.listeners:
-            try:
-                await listener(heads, tables)
-            except Exception:
-                log.exception("change listener failed")
-
-    async def cached_heads(self, scopes: Sequence[str]) -> list[int | None]:
-        values = await self.cache.get_many([f"head:{scope}" for scope in scopes])
-        return [None if value is None else int(value) for value in values]
-
-    async def remember_head(self, scope: str, position: int) -> None:
-        await self.cache.set_max(f"head:{scope}", position, self.head_ttl)
 
 
 class ChangeLog:

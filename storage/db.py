@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -70,8 +71,8 @@ def is_unavailable(error: BaseException) -> bool:
         return True
     if isinstance(error, exc.OperationalError):
         sqlstate = getattr(error.orig, "sqlstate", None) or ""
-        if sqlstate[:2] in {"08", "53", "57"}:  # connection, resources, operator intervention
-            return True
+        if sqlstate[:2] in {"08", "53", "57"} or sqlstate == "55P03":
+            return True  # connection, resources, operator intervention, lock timeout
         message = str(error.orig).lower()
         return any(
             sign in message
@@ -93,7 +94,12 @@ class Database:
         options: dict[str, Any] = {"echo": echo}
         if self.dialect == "postgresql":
             options.update(
-                pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=10
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                # Bound every wait: a request stuck behind a lock answers 503, it never hangs.
+                connect_args={"options": "-c lock_timeout=5000 -c statement_timeout=30000"},
             )
         else:
             options.update(pool_size=pool_size, max_overflow=0, pool_timeout=30)
@@ -156,9 +162,13 @@ class Database:
             try:
                 return await work()
             except exc.DBAPIError as error:
-                if not is_retryable(error) or attempt == attempts - 1:
+                if not is_retryable(error):
                     raise
-                await asyncio.sleep(0.005 * (2**attempt))
+                if attempt == attempts - 1:
+                    raise ServiceUnavailable(
+                        "Too much contention right now; nothing was changed.", retry_after=1
+                    ) from error
+                await asyncio.sleep(0.005 * (2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:

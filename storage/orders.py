@@ -67,6 +67,34 @@ def validate_purchase(request: PurchaseRequest) -> None:
         raise MutationRejected("invalid_args", "note is limited to 1000 characters")
 
 
+async def lock_listings(tx: Tx, listing_ids: set[str]) -> None:
+    """Lock every listing a batch will reserve from, in id order, before reserving any.
+
+    Each request sorts its own items, but a batch of several requests would otherwise lock
+    in batch order, and two batches naming the same listings in different orders deadlock.
+    """
+    if tx.dialect != "postgresql" or not listing_ids:
+        return  # SQLite's single writer needs no row locks
+    await tx.conn.execute(
+        select(Listing.id)
+        .where(Listing.id.in_(sorted(listing_ids)))
+        .order_by(Listing.id)
+        .with_for_update()
+    )
+
+
+def listings_named(args: dict[str, Any]) -> set[str]:
+    """The listing ids a purchase_request's raw args name (before validation)."""
+    items = args.get("items")
+    if not isinstance(items, list):
+        return set()
+    return {
+        item["listing_id"]
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get("listing_id"), str)
+    }
+
+
 async def find_order(tx_conn: Any, order_id: str) -> Any:
     return (
         (await tx_conn.execute(select(Order).where(Order.id == order_id))).mappings().one_or_none()

@@ -137,12 +137,14 @@ class RedisPubSub:
                 self.connected.set()
                 # Anything published while we were away is unknown: tell everyone to re-read.
                 self._fanout.deliver_all(RESYNC)
-                delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=30.0)
                     if message is None:
-                        await pubsub.ping()
+                        await pubsub.ping()  # notices a dead connection between messages
                         continue
+                    delay = 0.1  # healthy again: the next failure retries quickly
+                    if message["type"] != "message":
+                        continue  # pong and (un)subscribe confirmations
                     channel = message["channel"].decode()[len(self._prefix) :]
                     self._fanout.deliver(channel, bytes(message["data"]))
             except asyncio.CancelledError:

@@ -28,7 +28,13 @@ from storage.activity import (
 from storage.changelog import ChangeLog, Tx
 from storage.db import now_ms
 from storage.models import MutationResult, SyncClient
-from storage.orders import PurchaseRequest, cancel_order, place_purchase_request
+from storage.orders import (
+    PurchaseRequest,
+    cancel_order,
+    listings_named,
+    lock_listings,
+    place_purchase_request,
+)
 from storage.scopes import Principal
 from sync_server.errors import Forbidden, MutationRejected, ValidationFailed
 
@@ -115,6 +121,15 @@ async def push(
                 )
             )
             stored = {int(mutation_id): orjson.loads(outcome) for mutation_id, outcome in rows}
+        await lock_listings(
+            tx,
+            {
+                listing_id
+                for mutation in mutations
+                if mutation.id > last_id and mutation.name == "purchase_request"
+                for listing_id in listings_named(mutation.args)
+            },
+        )
         results: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
         high_water = last_id

@@ -23,8 +23,7 @@ from sync_server.http import json_response
 from sync_server.middleware import (
     BodyMiddleware,
     CompressionMiddleware,
-    RequestLogMiddleware,
-    SecurityHeadersMiddleware,
+    RequestEdgeMiddleware,
 )
 from sync_server.openapi import build_openapi
 from sync_server.routes import admin, auth, health, listings, orders, sync
@@ -86,39 +85,48 @@ def create_app(settings: Settings) -> Starlette:
             services.feed.listeners.append(refresh_listing_caches)
             async with anyio.create_task_group() as background:
                 background.start_soon(prune_periodically, services.db, settings)
+                background.start_soon(services.feed.follow)
+                background.start_soon(services.limiter.flush_periodically)
                 yield
                 background.cancel_scope.cancel()
 
+    # Sync first: the router tries routes in order and background sync is most of the traffic.
     api_routes = [
-        *health.routes,
-        *auth.routes,
+        *sync.routes,
         *listings.routes,
         *orders.routes,
+        *auth.routes,
         *admin.routes,
-        *sync.routes,
+        *health.routes,
     ]
     openapi_document = build_openapi(api_routes, VERSION)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document)
 
+    cors = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "content-encoding",
+                    "idempotency-key",
+                    "if-none-match",
+                ],
+                expose_headers=["etag", "retry-after", "x-request-id"],
+                max_age=600,
+            )
+        ]
+        if settings.cors_origins
+        else []
+    )
     middleware = [
-        Middleware(RequestLogMiddleware),
-        Middleware(SecurityHeadersMiddleware),
-        Middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[
-                "authorization",
-                "content-type",
-                "content-encoding",
-                "idempotency-key",
-                "if-none-match",
-            ],
-            expose_headers=["etag", "retry-after", "x-request-id"],
-            max_age=600,
-        ),
+        Middleware(RequestEdgeMiddleware),
+        *cors,
         Middleware(CompressionMiddleware),
         Middleware(BodyMiddleware, max_bytes=settings.max_body_bytes),
     ]

@@ -80,8 +80,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def _with_changelog(settings: Settings, work: Callable[[ChangeLog], Awaitable[T]]) -> T:
     from storage.cache import MemoryCache
-    from storage.changelog import ChangeFeed, ChangeLog
+    from storage.changelog import ChangeLog
     from storage.db import Database
+    from storage.feed import CHANGES_CHANNEL, ChangeFeed
     from storage.pubsub import MemoryPubSub
 
     db = Database(settings.database_url, pool_size=2)
@@ -91,10 +92,13 @@ async def _with_changelog(settings: Settings, work: Callable[[ChangeLog], Awaita
         from redis.asyncio import Redis
 
         from storage.cache import RedisCache
+        from storage.pubsub import RedisPubSub
 
         redis = Redis.from_url(settings.redis_url)
         feed = ChangeFeed(
-            RedisCache(redis, settings.redis_prefix), MemoryPubSub(), settings.head_cache_seconds
+            RedisCache(redis, settings.redis_prefix),
+            RedisPubSub(redis, settings.redis_prefix, channels=(CHANGES_CHANNEL,)),
+            settings.head_cache_seconds,
         )
     else:
         redis = None

@@ -12,7 +12,7 @@ import zlib
 from typing import Any
 
 import brotli
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync_server.errors import PayloadTooLarge, UnsupportedMediaType, error_response
@@ -23,8 +23,19 @@ COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/sv
 MIN_COMPRESS_BYTES = 512
 
 
-class RequestLogMiddleware:
-    """One structured line per request: method, route, status, duration, request id, user."""
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class RequestEdgeMiddleware:
+    """Per request: an id, security headers, and one structured access-log line
+    (method, route, status, duration, request id, user id)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,35 +44,46 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = Headers(scope=scope).get("x-request-id") or secrets.token_hex(8)
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:64]
         state = scope.setdefault("state", {})
-        state["request_id"] = request_id[:64]
+        state["request_id"] = request_id or secrets.token_hex(8)
         started = time.perf_counter()
         status = 500
+        api = scope["path"].startswith("/api")
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["x-request-id"] = state["request_id"]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [pair for pair in SECURITY_HEADERS if pair[0] not in present]
+                if api and b"cache-control" not in present:
+                    headers.append(NO_STORE)
+                headers.append((b"x-request-id", state["request_id"].encode("latin-1")))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_headers)
         finally:
-            route = scope.get("route")
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": getattr(route, "path", None),
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "request_id": state["request_id"],
-                    "user_id": state.get("user_id"),
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                route = scope.get("route")
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": getattr(route, "path", None),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "request_id": state["request_id"],
+                        "user_id": state.get("user_id"),
+                    },
+                )
 
 
 class BodyMiddleware:
@@ -75,12 +97,15 @@ class BodyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length")
+        declared, encoding = None, "identity"
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value.decode("latin-1")
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1").strip().lower()
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await error_response(PayloadTooLarge())(scope, receive, send)
             return
-        encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
             await error_response(UnsupportedMediaType("Content-Encoding must be gzip."))(
                 scope, receive, send
@@ -161,7 +186,10 @@ class CompressionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        accepted = Headers(scope=scope).get("accept-encoding", "").lower()
+        accepted = ""
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding":
+                accepted = value.decode("latin-1").lower()
         encoding = "br" if "br" in accepted else "gzip" if "gzip" in accepted else None
         if encoding is None:
             await self.app(scope, receive, send)
@@ -202,32 +230,3 @@ class CompressionMiddleware:
             await send(message)
 
         await self.app(scope, receive, compressing_send)
-
-
-class SecurityHeadersMiddleware:
-    HEADERS = (
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
-        ("strict-transport-security", "max-age=31536000; includeSubDomains"),
-        ("cross-origin-opener-policy", "same-origin"),
-    )
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.HEADERS:
-                    headers.setdefault(name, value)
-                if scope["path"].startswith("/api"):
-                    headers.setdefault("cache-control", "no-store")
-            await send(message)
-
-        await self.app(scope, receive, with_headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 import anyio
@@ -52,9 +53,14 @@ class AccessTokens:
 
     ALGORITHM = "HS256"
 
-    def __init__(self, secret: str, lifetime_seconds: int) -> None:
+    def __init__(self, secret: str, lifetime_seconds: int, cache_size: int = 20_000) -> None:
         self._secret = secret
         self.lifetime_seconds = lifetime_seconds
+        # A phone presents the same token on every request for its whole lifetime; verifying
+        # the signature once and remembering the outcome (never past `exp`) takes JWT parsing
+        # off the hot path of background sync.
+        self._verified: OrderedDict[str, tuple[Principal, int]] = OrderedDict()
+        self._cache_size = cache_size
 
     def issue(self, user_id: str, role: str, *, now: int | None = None) -> str:
         issued_at = int(time.time()) if now is None else now
@@ -67,6 +73,16 @@ class AccessTokens:
         return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
 
     def verify(self, token: str) -> Principal:
+        remembered = self._verified.get(token)
+        if remembered is not None and remembered[1] > time.time():
+            return remembered[0]
+        principal, expires_at = self._decode(token)
+        self._verified[token] = (principal, expires_at)
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, int]:
         try:
             claims = jwt.decode(
                 token,
@@ -83,4 +99,4 @@ class AccessTokens:
         role = claims.get("role")
         if role not in ("user", "admin") or not isinstance(claims["sub"], str):
             raise InvalidToken()
-        return Principal(user_id=claims["sub"], role=role)
+        return Principal(user_id=claims["sub"], role=role), int(claims["exp"])

@@ -17,8 +17,9 @@ from starlette.requests import HTTPConnection
 
 from protocol.cursor import CursorCodec
 from storage.cache import Cache, MemoryCache, RedisCache
-from storage.changelog import CHANGES_CHANNEL, ChangeFeed, ChangeLog
+from storage.changelog import ChangeLog
 from storage.db import Database
+from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
 from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
 from sync_server.ratelimit import RateLimiter

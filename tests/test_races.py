@@ -169,10 +169,12 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
             pool.submit(follow, reader, replica)
             for reader, replica in zip(readers, replicas, strict=True)
         ]
-        writers = [pool.submit(write, worker) for worker in range(threads)]
-        for writer in writers:
-            writer.result(300)
-        stop.set()
+        try:
+            writers = [pool.submit(write, worker) for worker in range(threads)]
+            for writer in writers:
+                writer.result(300)
+        finally:
+            stop.set()  # followers must end even when a writer failed
         finished = [follower.result(60) for follower in followers]
     for (cursor, pulls), reader, replica in zip(finished, readers, replicas, strict=True):
         assert pulls > 5

@@ -44,7 +44,7 @@ async def nothing_new(services: Services, principal: Principal, state: CursorSta
     if not isinstance(state, LogCursor):
         return False
     try:
-        heads = await services.feed.cached_heads(principal.scopes)
+        heads = await services.feed.heads(principal.scopes)
     except Exception:
         return False
     return all(head is not None and head <= state.position for head in heads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 import secrets
 from typing import Any
 
@@ -34,8 +35,14 @@ class Api:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A 503 means "nothing was changed, retry later": do as a real client would."""
         headers = {**self.headers, **kwargs.pop("headers", {})}
-        return self.http.request(method, path, headers=headers, **kwargs)
+        for _ in range(5):
+            response = self.http.request(method, path, headers=headers, **kwargs)
+            if response.status_code != 503:
+                return response
+            time.sleep(min(1.0, float(response.headers.get("retry-after", "1"))))
+        return response
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", path, **kwargs)
