@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.cursor import CursorState, LogCursor, SnapshotCursor
@@ -55,7 +56,7 @@ async def pull_page(
     conn: AsyncConnection, principal: Principal, state: CursorState | None, limit: int
 ) -> PullPage:
     if state is None:
-        head = await _head(conn)
+        head = await log_head(conn)
         return await _snapshot_page(conn, principal, SnapshotCursor(head, 0, ""), limit)
     if isinstance(state, SnapshotCursor):
         if state.head < await log_floor(conn):
@@ -66,9 +67,8 @@ async def pull_page(
     return await _log_page(conn, principal, state.position, limit)
 
 
-async def _head(conn: AsyncConnection) -> int:
-    from sqlalchemy import func
-
+async def log_head(conn: AsyncConnection) -> int:
+    """The newest committed position (all earlier ones are visible too)."""
     query = select(func.coalesce(func.max(ChangeLogEntry.position), 0))
     return int((await conn.execute(query)).scalar_one())
 
@@ -156,6 +156,11 @@ async def _log_page(
         if len(entries) < chunk:
             break
 
+    if not more:
+        # Everything in scope up to the newest committed position has been read (positions
+        # become visible in order), so the cursor may jump there. Clients idle in a quiet
+        # scope then stay near the head, and live sockets can join the shared stream.
+        position = max(position, await log_head(conn))
     changes: dict[str, TableChanges] = {}
     ids_by_table: dict[str, list[str]] = defaultdict(list)
     for table_name, row_id in grouped:
@@ -180,3 +185,110 @@ async def _log_page(
                 if len(patch) > 1:
                     _add(changes, table_name, "patch", patch)
     return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
+
+
+@dataclass
+class _Entry:
+    scope: str
+    kind: int
+    fields: str
+
+
+@dataclass
+class Window:
+    """Every log entry in (start, end], all scopes, with the current rows they name."""
+
+    start: int
+    end: int
+    entries: dict[tuple[str, str], list[_Entry]]
+    rows: dict[tuple[str, str], Any]
+    overflow: bool
+
+
+async def read_window(conn: AsyncConnection, start: int, limit: int) -> Window:
+    """One read for all live sockets: the change log after `start`, whatever the scope."""
+    head = await log_head(conn)
+    result = (
+        await conn.execute(
+            select(
+                ChangeLogEntry.position,
+                ChangeLogEntry.scope,
+                ChangeLogEntry.table_name,
+                ChangeLogEntry.row_id,
+                ChangeLogEntry.kind,
+                ChangeLogEntry.fields,
+            )
+            .where(ChangeLogEntry.position > start, ChangeLogEntry.position <= head)
+            .order_by(ChangeLogEntry.position)
+            .limit(limit + 1)
+        )
+    ).all()
+    if len(result) > limit:
+        return Window(start, head, {}, {}, overflow=True)
+    entries: dict[tuple[str, str], list[_Entry]] = defaultdict(list)
+    for _position, scope, table_name, row_id, kind, fields in result:
+        entries[(table_name, row_id)].append(_Entry(scope, kind, fields))
+    rows: dict[tuple[str, str], Any] = {}
+    ids_by_table: dict[str, list[str]] = defaultdict(list)
+    for table_name, row_id in entries:
+        ids_by_table[table_name].append(row_id)
+    for table_name, ids in ids_by_table.items():
+        table = BY_NAME[table_name]
+        query = table.select_rows().where(table.id_column.in_(ids))
+        for row in (await conn.execute(query)).mappings():
+            rows[(table_name, row["id"])] = row
+    return Window(start, head, dict(entries), rows, overflow=False)
+
+
+class WindowView:
+    """What each principal sees of a window, encoded once per distinct view.
+
+    Buyers who only share the public scope get byte-identical changes; the encoded JSON is
+    cached by the list of decisions, so a listing change fanned out to thousands of phones
+    is serialised once, not once per socket.
+    """
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self._encoded: dict[tuple[Any, ...], str] = {}
+
+    def changes_json(self, principal: Principal) -> str | None:
+        own = set(principal.scopes)
+        decisions: list[tuple[str, str, str, tuple[str, ...]]] = []
+        for key, entries in self.window.entries.items():
+            mine = [entry for entry in entries if entry.scope in own]
+            if not mine:
+                continue
+            table = BY_NAME[key[0]]
+            row = self.window.rows.get(key)
+            if row is None or not (table.row_scopes(row) & own):
+                decisions.append((key[0], key[1], "del", ()))
+            elif any(entry.kind == ENTERED for entry in mine):
+                decisions.append((key[0], key[1], "put", ()))
+            else:
+                changed = {
+                    name
+                    for entry in mine
+                    if entry.fields
+                    for name in entry.fields.split(",")
+                    if name in table.wire
+                }
+                if changed:
+                    decisions.append((key[0], key[1], "patch", tuple(sorted(changed))))
+        if not decisions:
+            return None
+        cache_key = tuple(decisions)
+        encoded = self._encoded.get(cache_key)
+        if encoded is None:
+            changes: dict[str, TableChanges] = {}
+            for table_name, row_id, kind, fields in decisions:
+                table = BY_NAME[table_name]
+                if kind == "del":
+                    _add(changes, table_name, "del", row_id)
+                    continue
+                row = self.window.rows[(table_name, row_id)]
+                item = table.encode(row) if kind == "put" else table.encode_fields(row, fields)
+                _add(changes, table_name, kind, item)
+            encoded = orjson.dumps(changes).decode()
+            self._encoded[cache_key] = encoded
+        return encoded

@@ -26,7 +26,7 @@ from sync_server.middleware import (
     RequestEdgeMiddleware,
 )
 from sync_server.openapi import build_openapi
-from sync_server.routes import admin, auth, health, listings, orders, sync
+from sync_server.routes import admin, auth, health, listings, orders, sync, ws
 from sync_server.services import open_services
 from sync_server.settings import Settings
 
@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
             async with anyio.create_task_group() as background:
                 background.start_soon(prune_periodically, services.db, settings)
                 background.start_soon(services.feed.follow)
+                background.start_soon(services.live.run)
                 background.start_soon(services.limiter.flush_periodically)
                 yield
                 background.cancel_scope.cancel()
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> Starlette:
     # Sync first: the router tries routes in order and background sync is most of the traffic.
     api_routes = [
         *sync.routes,
+        *ws.routes,
         *listings.routes,
         *orders.routes,
         *auth.routes,

@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -82,6 +82,14 @@ class AccessTokens:
             self._verified.popitem(last=False)
         return principal
 
+    def expires_at(self, token: str) -> float:
+        """When a token verified earlier expires (a WebSocket closes with 4401 then)."""
+        remembered = self._verified.get(token)
+        if remembered is None:
+            self.verify(token)
+            remembered = self._verified[token]
+        return float(remembered[1])
+
     def _decode(self, token: str) -> tuple[Principal, int]:
         try:
             claims = jwt.decode(

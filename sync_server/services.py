@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from redis.asyncio import Redis
@@ -22,6 +22,7 @@ from storage.db import Database
 from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
 from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
+from sync_server.live.hub import LiveHub
 from sync_server.ratelimit import RateLimiter
 from sync_server.security import AccessTokens, PasswordHasher
 from sync_server.settings import Settings
@@ -43,7 +44,11 @@ class Services:
     limiter: RateLimiter
     cursors: CursorCodec
     http: httpx.AsyncClient
+    live: LiveHub = field(init=False)
     redis: Redis | None = None
+
+    def __post_init__(self) -> None:
+        self.live = LiveHub(self)
 
 
 @contextlib.asynccontextmanager

@@ -111,6 +111,12 @@ class Settings:
     listings_cache_seconds: int = 600
     head_cache_seconds: int = 30
     log_level: str = "INFO"
+    ws_hello_seconds: float = 10.0
+    ws_ping_seconds: float = 25.0
+    ws_send_timeout_seconds: float = 30.0
+    ws_queue_frames: int = 8
+    ws_queue_bytes: int = 512 * 1024
+    ws_per_message_deflate: bool = False
     db_pool_size: int = 10
     sentry_dsn: str | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -173,6 +179,12 @@ class Settings:
             listings_cache_seconds=_int(env, "LISTINGS_CACHE_SECONDS", 600, 0),
             head_cache_seconds=_int(env, "HEAD_CACHE_SECONDS", 30, 1),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            ws_hello_seconds=_float(env, "WS_HELLO_SECONDS", 10.0),
+            ws_ping_seconds=_float(env, "WS_PING_SECONDS", 25.0),
+            ws_send_timeout_seconds=_float(env, "WS_SEND_TIMEOUT_SECONDS", 30.0),
+            ws_queue_frames=_int(env, "WS_QUEUE_FRAMES", 8, 2),
+            ws_queue_bytes=_int(env, "WS_QUEUE_BYTES", 512 * 1024, 16 * 1024),
+            ws_per_message_deflate=_bool(env, "WS_PER_MESSAGE_DEFLATE", False),
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
             sentry_dsn=env.get("SENTRY_DSN") or None,
             environ=env,

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from protocol.cursor import CursorState, ForeignCursor, LogCursor
-from storage.pull import CursorExpired, PullPage, pull_page
 from storage.push import Mutation, check_batch, push
-from storage.scopes import Principal
 from sync_server.errors import ValidationFailed
 from sync_server.http import authenticate, doc, json_response, query_int, read_json
-from sync_server.services import Services, services_of
+from sync_server.services import services_of
+from sync_server.syncing import decode_cursor, nothing_new, page_body, read_page
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 MAX_MUTATIONS = 100
@@ -25,59 +22,6 @@ MAX_MUTATIONS = 100
 class PushBody(msgspec.Struct, forbid_unknown_fields=True):
     client_id: str
     mutations: list[Mutation]
-
-
-def decode_cursor(
-    services: Services, principal: Principal, token: str | None
-) -> tuple[CursorState | None, bool]:
-    """(state, reset): a cursor we did not issue to this user restarts with a snapshot."""
-    if token is None or token == "":
-        return None, False
-    try:
-        return services.cursors.decode(token, principal.user_id), False
-    except ForeignCursor:
-        return None, True
-
-
-async def nothing_new(services: Services, principal: Principal, state: CursorState | None) -> bool:
-    """Fast path: the cached heads prove no change in scope since the cursor (no database)."""
-    if not isinstance(state, LogCursor):
-        return False
-    try:
-        heads = await services.feed.heads(principal.scopes)
-    except Exception:
-        return False
-    return all(head is not None and head <= state.position for head in heads)
-
-
-async def read_page(
-    services: Services, principal: Principal, state: CursorState | None, reset: bool, limit: int
-) -> PullPage:
-    async with services.db.read() as conn:
-        try:
-            page = await pull_page(conn, principal, state, limit)
-        except CursorExpired:
-            page = await pull_page(conn, principal, None, limit)
-            reset = True
-    page.reset = reset
-    if not page.more and isinstance(page.next_state, LogCursor):
-        # Nothing in scope after this position when we read it, and every later commit gets a
-        # larger position, so it is a safe head for the fast path.
-        for scope in principal.scopes:
-            try:
-                await services.feed.remember_head(scope, page.next_state.position)
-            except Exception:
-                break
-    return page
-
-
-def page_body(services: Services, principal: Principal, page: PullPage) -> dict[str, Any]:
-    return {
-        "cursor": services.cursors.encode(page.next_state, principal.user_id),
-        "more": page.more,
-        "reset": page.reset,
-        "changes": page.changes,
-    }
 
 
 @doc(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import time
 import secrets
+import time
 from typing import Any
 
 import httpx

@@ -1,0 +1,97 @@
+"""The per-process hub: turns "something changed" signals into frames for every session.
+
+Pub/sub only says that *something* changed; the change log stays the truth. On a signal the
+hub reads the log window after the position it last dispatched — all scopes at once, in one
+snapshot — and hands every session that is current the part of it in its scope, encoded
+once per distinct view (see `WindowView`). A session that is behind (just connected, slow,
+or after a pub/sub gap) reads from its own cursor instead, page by page, until it is current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from storage.feed import CHANGES_CHANNEL
+from storage.pubsub import RESYNC
+from storage.pull import WindowView, log_head, read_window
+
+if TYPE_CHECKING:
+    from sync_server.live.session import Session
+    from sync_server.services import Services
+
+log = logging.getLogger("freshroots.live")
+
+# Entries one shared read may carry; past it every session catches up on its own, paged.
+WINDOW_LIMIT = 1000
+
+
+class LiveHub:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.sessions: set[Session] = set()
+        self.position = 0
+        self._wake = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def add(self, session: Session) -> None:
+        self.sessions.add(session)
+
+    def discard(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    async def run(self) -> None:
+        async with self.services.db.read() as conn:
+            self.position = await log_head(conn)
+        async with self.services.pubsub.subscribe(CHANGES_CHANNEL) as inbox:
+            listener = asyncio.create_task(self._listen(inbox))
+            self.ready.set()
+            try:
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    try:
+                        await self.dispatch()
+                    except Exception:
+                        # Sessions re-read from their own cursors; nothing is lost.
+                        log.exception("live dispatch failed; sessions will catch up")
+                        self._everyone_behind()
+                        await asyncio.sleep(0.5)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self, inbox: object) -> None:
+        async for message in inbox:  # type: ignore[attr-defined]
+            if message == RESYNC:
+                self._everyone_behind()
+            self._wake.set()
+
+    def _everyone_behind(self) -> None:
+        for session in self.sessions:
+            session.fall_behind()
+
+    async def dispatch(self) -> None:
+        if not self.sessions:
+            async with self.services.db.read() as conn:
+                self.position = await log_head(conn)
+            return
+        async with self.services.db.read() as conn:
+            window = await read_window(conn, self.position, WINDOW_LIMIT)
+        if window.end <= self.position:
+            return
+        if window.overflow:
+            self._everyone_behind()
+            self.position = window.end
+            return
+        view = WindowView(window)
+        for session in list(self.sessions):
+            if session.behind or session.position < window.start:
+                session.fall_behind()
+                continue
+            changes = view.changes_json(session.principal)
+            session.advance(max(window.end, session.position), changes)
+        self.position = window.end
