@@ -53,7 +53,7 @@ async def subscriber(url: str, token: str, ready: asyncio.Event, arrivals: list[
                      started: asyncio.Event, stop: asyncio.Event, counter: list[int],
                      total: int) -> None:
     async with websockets.connect(url, max_size=2**22, compression=None) as socket:
-        await socket.send(orjson.dumps({"type": "hello", "token": token, "cursor": None}))
+        await socket.send(orjson.dumps({"type": "hello", "token": token, "cursor": None}).decode())
         while True:
             frame = orjson.loads(await socket.recv())
             if frame["type"] == "changes" and not frame["more"]:

@@ -117,6 +117,9 @@ def test_close_codes(server: str, buyer: Api, backend: Backend) -> None:
         == 4401
     )
     assert code_after("not json") == 4400
+    with connect(ws_url(server)) as binary:  # UTF-8 JSON in a binary frame is accepted
+        binary.send(orjson.dumps({"type": "hello", "token": buyer.token, "cursor": None}))
+        assert orjson.loads(binary.recv(timeout=10))["type"] == "changes"
     assert (
         code_after(orjson.dumps({"type": "hello", "token": buyer.token, "cursor": "!!"}).decode())
         == 4400

@@ -53,6 +53,20 @@ class _Frame:
     position: int | None  # None: not a change frame (push results, pings)
 
 
+async def receive_text(websocket: WebSocket) -> str:
+    """The next message as text; a binary frame holding UTF-8 JSON is accepted too."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    try:
+        return bytes(message.get("bytes") or b"").decode()
+    except UnicodeDecodeError:
+        return ""
+
+
 class Session:
     def __init__(
         self, websocket: WebSocket, services: Services, principal: Principal, expires_at: float
@@ -171,7 +185,7 @@ class Session:
                 await self.websocket.close(CLOSE_UNAUTHORIZED, "token expired")
                 return
             try:
-                raw = await asyncio.wait_for(self.websocket.receive_text(), remaining)
+                raw = await asyncio.wait_for(receive_text(self.websocket), remaining)
             except TimeoutError:
                 continue
             try:
@@ -205,7 +219,7 @@ async def run_session(websocket: WebSocket, services: Services) -> None:
     await websocket.accept()
     settings = services.settings
     try:
-        raw = await asyncio.wait_for(websocket.receive_text(), settings.ws_hello_seconds)
+        raw = await asyncio.wait_for(receive_text(websocket), settings.ws_hello_seconds)
     except TimeoutError:
         await websocket.close(CLOSE_NO_HELLO, "no hello in time")
         return
