@@ -282,3 +282,30 @@ class SearchLog(Base):
     query: Mapped[str] = mapped_column(String(200))
     results: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class OutboxItem(Base):
+    """One send intent (an event, a channel, a recipient), written with the change causing it.
+
+    `dedupe_key` makes the intent unique, so replaying the cause never queues a second send.
+    """
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    recipient: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(12))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger)
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    provider_ref: Mapped[str | None] = mapped_column(String(120))
+    receipt_status: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    sent_at: Mapped[int | None] = mapped_column(BigInteger)
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'sending', 'sent', 'dead')", name="status"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )

@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from storage.changelog import Tx
 from storage.db import now_ms
 from storage.models import Listing, Order, OrderItem
-from storage.records import audit, notify
+from storage.records import audit, notify, notify_admins
 from storage.scopes import Principal, listing_scopes, owned_scopes
 from sync_server.errors import IllegalTransition, MutationRejected, NotFound
 
@@ -187,6 +187,13 @@ async def place_purchase_request(
         "order_pending",
         "Purchase request received",
         f"We received your order of Rs {total / 100:,.2f}; it awaits approval.",
+        {"order_id": request.order_id},
+    )
+    await notify_admins(
+        tx,
+        "new_purchase_request",
+        "New purchase request",
+        f"A buyer asks for {len(request.items)} item(s), Rs {total / 100:,.2f}.",
         {"order_id": request.order_id},
     )
     return {"order_id": request.order_id, "status": "pending", "total": total}

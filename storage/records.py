@@ -5,18 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from storage.changelog import Tx
 from storage.db import new_id, now_ms
-from storage.models import AdminAction, Notification
+from storage.models import AdminAction, Device, Notification, User
+from storage.outbox import enqueue
 from storage.scopes import ADMIN_ONLY, personal_scopes
+
+# Notification kinds that also go out by email, and the template each uses.
+EMAIL_TEMPLATES = {
+    "order_pending": "order_confirmation",
+    "order_approved": "order_approved",
+    "order_rejected": "order_rejected",
+    "order_paid": "payment_receipt",
+    "new_purchase_request": "new_request_alert",
+}
 
 
 async def notify(
     tx: Tx, user_id: str, kind: str, title: str, message: str, data: dict[str, Any]
 ) -> str:
-    """Write an in-app notification row; sync delivers it, the outbox pushes it."""
+    """Write an in-app notification row (sync delivers it) and, in the same transaction, the
+    outbox items that push it to each of the user's devices and, for order events, email it."""
     notification_id = new_id()
     await tx.conn.execute(
         insert(Notification).values(
@@ -31,7 +42,50 @@ async def notify(
         )
     )
     tx.created("notifications", notification_id, personal_scopes(user_id))
+    push_data = {**data, "notification_id": notification_id}
+    devices = await tx.conn.execute(
+        select(Device.id, Device.expo_push_token).where(
+            Device.user_id == user_id, Device.active.is_(True)
+        )
+    )
+    for device_id, token in devices:
+        await enqueue(
+            tx,
+            "push",
+            f"push:{notification_id}:{device_id}",
+            token,
+            {"title": title, "body": message, "data": push_data},
+        )
+    template = EMAIL_TEMPLATES.get(kind)
+    if template is not None:
+        address = (
+            await tx.conn.execute(
+                select(User.email).where(User.id == user_id, User.deleted_at.is_(None))
+            )
+        ).scalar_one_or_none()
+        if address is not None:
+            await enqueue(
+                tx,
+                "email",
+                f"email:{notification_id}",
+                address,
+                {"template": template, "title": title, "message": message, "data": push_data},
+            )
     return notification_id
+
+
+async def notify_admins(tx: Tx, kind: str, title: str, message: str, data: dict[str, Any]) -> None:
+    admins = (
+        (
+            await tx.conn.execute(
+                select(User.id).where(User.role == "admin", User.deleted_at.is_(None))
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for admin_id in admins:
+        await notify(tx, admin_id, kind, title, message, data)
 
 
 async def audit(
