@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import secrets
 import statistics
@@ -49,18 +50,22 @@ def mint(secret: str, user_id: str) -> str:
                       algorithm="HS256")
 
 
-async def subscriber(url: str, token: str, ready: asyncio.Event, arrivals: list[float],
-                     started: asyncio.Event, stop: asyncio.Event, counter: list[int],
-                     total: int) -> None:
-    async with websockets.connect(url, max_size=2**22, compression=None) as socket:
-        await socket.send(orjson.dumps({"type": "hello", "token": token, "cursor": None}).decode())
+async def subscriber(url: str, token: str, connected: asyncio.Future[bool],
+                     arrivals: list[float], started: asyncio.Event, stop: asyncio.Event) -> None:
+    try:
+        socket = await websockets.connect(url, max_size=2**22, compression=None,
+                                          open_timeout=60)
+        await socket.send(orjson.dumps({"type": "hello", "token": token,
+                                        "cursor": None}).decode())
         while True:
             frame = orjson.loads(await socket.recv())
             if frame["type"] == "changes" and not frame["more"]:
                 break
-        counter[0] += 1
-        if counter[0] == total:
-            ready.set()
+    except Exception:
+        connected.set_result(False)
+        return
+    connected.set_result(True)
+    async with socket:
         await started.wait()
         while not stop.is_set():
             try:
@@ -81,17 +86,22 @@ async def measure(base_url: str, pid: int, secret: str, admin_token: str, listin
                   count: int) -> None:
     url = base_url.replace("http://", "ws://") + "/api/sync/ws"
     before = rss_kib(pid)
-    ready, started, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    started, stop = asyncio.Event(), asyncio.Event()
     arrivals: list[float] = []
-    counter = [0]
     tasks = []
-    for n in range(count):
-        token = mint(secret, f"bench-user-{n}-{secrets.token_hex(3)}")
-        tasks.append(asyncio.create_task(
-            subscriber(url, token, ready, arrivals, started, stop, counter, count)))
-        if n % 200 == 199:
-            await asyncio.sleep(0.05)  # do not SYN-flood our own listen backlog
-    await asyncio.wait_for(ready.wait(), 300)
+    outcomes: list[asyncio.Future[bool]] = []
+    loop = asyncio.get_running_loop()
+    for first in range(0, count, 100):  # connect in waves, as phones would, not all at once
+        wave = []
+        for n in range(first, min(count, first + 100)):
+            token = mint(secret, f"bench-user-{n}-{secrets.token_hex(3)}")
+            connected: asyncio.Future[bool] = loop.create_future()
+            wave.append(connected)
+            tasks.append(asyncio.create_task(
+                subscriber(url, token, connected, arrivals, started, stop)))
+        await asyncio.wait_for(asyncio.gather(*wave), 120)
+        outcomes += wave
+    connected_count = sum(1 for outcome in outcomes if outcome.result())
     await asyncio.sleep(2)
     after = rss_kib(pid)
     started.set()
@@ -100,7 +110,7 @@ async def measure(base_url: str, pid: int, secret: str, admin_token: str, listin
             await http.patch(f"/api/admin/listings/{listing_id}", json={"price": 1000 + edit},
                              headers={"authorization": f"Bearer {admin_token}"})
             deadline = time.monotonic() + 30
-            while len(arrivals) < count * (edit + 1) and time.monotonic() < deadline:
+            while len(arrivals) < connected_count * (edit + 1) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -110,10 +120,10 @@ async def measure(base_url: str, pid: int, secret: str, admin_token: str, listin
         return
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    per_connection = (after - before) / count
-    print(f"  {count:>5} subscribers: RSS +{per_connection:,.1f} KiB per idle connection; "
-          f"commit->frame p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {latencies[-1]:,.0f} ms "
-          f"({len(latencies)}/{count * 5} frames)")
+    per_connection = (after - before) / max(1, connected_count)
+    print(f"  {count:>5} subscribers ({connected_count} connected): RSS +{per_connection:,.1f} "
+          f"KiB per idle connection; commit->frame p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, "
+          f"max {latencies[-1]:,.0f} ms ({len(latencies)}/{connected_count * 5} frames)")
 
 
 def main() -> None:
@@ -126,6 +136,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     secret = secrets.token_hex(24)
     env = {"JWT_SECRET": secret, "RATE_LIMITS": "off", "BCRYPT_ROUNDS": "10",
+           "WS_IMPLEMENTATION": os.environ.get("WS_IMPLEMENTATION", "auto"),
            "LOG_LEVEL": "WARNING"}
     cleanup = None
     if args.backend == "services":

@@ -26,7 +26,7 @@ from sync_server.middleware import (
     RequestEdgeMiddleware,
 )
 from sync_server.openapi import build_openapi
-from sync_server.routes import admin, auth, health, listings, orders, sync, ws
+from sync_server.routes import admin, auth, health, listings, metrics, orders, sync, ws
 from sync_server.services import open_services
 from sync_server.settings import Settings
 
@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> Starlette:
         *auth.routes,
         *admin.routes,
         *health.routes,
+        *metrics.routes,
     ]
     openapi_document = build_openapi(api_routes, VERSION)
 

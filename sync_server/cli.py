@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
         ws_per_message_deflate=settings.ws_per_message_deflate,
+        ws=settings.ws_implementation,
         timeout_graceful_shutdown=10,
     )
     return 0

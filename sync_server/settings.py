@@ -117,6 +117,7 @@ class Settings:
     ws_queue_frames: int = 8
     ws_queue_bytes: int = 512 * 1024
     ws_per_message_deflate: bool = False
+    ws_implementation: str = "auto"
     db_pool_size: int = 10
     sentry_dsn: str | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -185,6 +186,7 @@ class Settings:
             ws_queue_frames=_int(env, "WS_QUEUE_FRAMES", 8, 2),
             ws_queue_bytes=_int(env, "WS_QUEUE_BYTES", 512 * 1024, 16 * 1024),
             ws_per_message_deflate=_bool(env, "WS_PER_MESSAGE_DEFLATE", False),
+            ws_implementation=env.get("WS_IMPLEMENTATION", "auto"),
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
             sentry_dsn=env.get("SENTRY_DSN") or None,
             environ=env,

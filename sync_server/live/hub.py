@@ -35,6 +35,7 @@ class LiveHub:
         self.position = 0
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()
+        self.overflows = 0  # slow sockets that fell back to their cursor, since start
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)

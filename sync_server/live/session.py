@@ -118,6 +118,7 @@ class Session:
 
     def _overflow(self) -> None:
         self.overflows += 1
+        self.services.live.overflows += 1
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queued_bytes = 0
