@@ -53,8 +53,15 @@ async def log_floor(conn: AsyncConnection) -> int:
 
 
 async def pull_page(
-    conn: AsyncConnection, principal: Principal, state: CursorState | None, limit: int
+    conn: AsyncConnection,
+    principal: Principal,
+    state: CursorState | None,
+    limit: int,
+    *,
+    full_rows: bool = False,
 ) -> PullPage:
+    """One page. `full_rows`: changed rows come whole in `patch` (for WatermelonDB, which
+    replaces local records instead of merging fields)."""
     if state is None:
         head = await log_head(conn)
         return await _snapshot_page(conn, principal, SnapshotCursor(head, 0, ""), limit)
@@ -64,7 +71,7 @@ async def pull_page(
         return await _snapshot_page(conn, principal, state, limit)
     if state.position < await log_floor(conn):
         raise CursorExpired()
-    return await _log_page(conn, principal, state.position, limit)
+    return await _log_page(conn, principal, state.position, limit, full_rows=full_rows)
 
 
 async def log_head(conn: AsyncConnection) -> int:
@@ -113,6 +120,7 @@ async def _log_page(
     limit: int,
     *,
     probe_only: bool = False,
+    full_rows: bool = False,
 ) -> PullPage:
     scopes = principal.scopes
     chunk = max(64, limit * 2)
@@ -180,6 +188,8 @@ async def _log_page(
                 _add(changes, table_name, "del", row_id)
             elif grouped[(table_name, row_id)].entered:
                 _add(changes, table_name, "put", table.encode(row))
+            elif full_rows:
+                _add(changes, table_name, "patch", table.encode(row))
             else:
                 patch = table.encode_fields(row, sorted(grouped[(table_name, row_id)].fields))
                 if len(patch) > 1:

@@ -26,7 +26,17 @@ from sync_server.middleware import (
     RequestEdgeMiddleware,
 )
 from sync_server.openapi import build_openapi
-from sync_server.routes import admin, auth, health, listings, metrics, orders, sync, ws
+from sync_server.routes import (
+    admin,
+    auth,
+    health,
+    listings,
+    metrics,
+    orders,
+    sync,
+    watermelon,
+    ws,
+)
 from sync_server.services import open_services
 from sync_server.settings import Settings
 
@@ -95,6 +105,7 @@ def create_app(settings: Settings) -> Starlette:
     api_routes = [
         *sync.routes,
         *ws.routes,
+        *watermelon.routes,
         *listings.routes,
         *orders.routes,
         *auth.routes,

@@ -21,8 +21,10 @@ async def metrics(request: Request) -> Response:
     lines = [
         "# HELP freshroots_outbox_items Outbox items by status.",
         "# TYPE freshroots_outbox_items gauge",
-        *(f'freshroots_outbox_items{{status="{status}"}} {outbox[status]:.0f}'
-          for status in ("pending", "sending", "sent", "dead")),
+        *(
+            f'freshroots_outbox_items{{status="{status}"}} {outbox[status]:.0f}'
+            for status in ("pending", "sending", "sent", "dead")
+        ),
         "# HELP freshroots_outbox_lag_seconds Age of the oldest undelivered outbox item.",
         "# TYPE freshroots_outbox_lag_seconds gauge",
         f"freshroots_outbox_lag_seconds {outbox['lag_seconds']:.3f}",
@@ -36,8 +38,7 @@ async def metrics(request: Request) -> Response:
         "# TYPE freshroots_live_overflows counter",
         f"freshroots_live_overflows {services.live.overflows}",
     ]
-    return PlainTextResponse("\n".join(lines) + "\n",
-                             media_type="text/plain; version=0.0.4")
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
 routes = [Route("/metrics", metrics, methods=["GET"])]

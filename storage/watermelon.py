@@ -1,0 +1,279 @@
+"""WatermelonDB's sync protocol on our change log: pull as created/updated/deleted, push as
+one transaction of purchase requests, interests and read receipts.
+
+`timestamp` is a change-log position plus one (WatermelonDB wants a number of at least 1 and
+never sees an empty log's position 0), so it never skips a change committed out of order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol.cursor import CursorState, LogCursor
+from storage.activity import (
+    ExpressInterest,
+    MarkNotificationsRead,
+    express_interest,
+    mark_notifications_read,
+)
+from storage.changelog import Tx
+from storage.db import now_ms
+from storage.models import ChangeLogEntry, Listing, Order, OrderItem
+from storage.orders import (
+    PurchaseItem,
+    PurchaseRequest,
+    cancel_order,
+    find_order,
+    place_purchase_request,
+)
+from storage.pull import CursorExpired, pull_page
+from storage.records import notify
+from storage.scopes import Principal, owned_scopes
+from storage.synced import BY_NAME
+from sync_server.errors import BadRequest, Conflict, MutationRejected
+
+PAGE = 1000
+WRITABLE_CREATE = {"orders", "order_items", "interest_expressions"}
+
+
+def to_raw(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """WatermelonDB columns hold scalars: arrays and objects travel as JSON strings."""
+    json_fields = BY_NAME[table].json_fields
+    return {
+        key: orjson.dumps(value).decode() if key in json_fields else value
+        for key, value in row.items()
+    }
+
+
+async def pull(
+    conn: AsyncConnection, principal: Principal, last_pulled_at: int | None
+) -> dict[str, Any]:
+    state: CursorState | None = None
+    if last_pulled_at is not None and last_pulled_at > 0:
+        state = LogCursor(last_pulled_at - 1)
+    changes: dict[str, dict[str, list[Any]]] = {}
+    while True:
+        try:
+            page = await pull_page(conn, principal, state, PAGE, full_rows=True)
+        except CursorExpired:
+            page = await pull_page(conn, principal, None, PAGE, full_rows=True)
+        for table, table_changes in page.changes.items():
+            bucket = changes.setdefault(table, {"created": [], "updated": [], "deleted": []})
+            for kind, target in (("put", "created"), ("patch", "updated")):
+                for row in table_changes.get(kind, []):
+                    bucket[target].append(to_raw(table, row))
+            bucket["deleted"].extend(table_changes.get("del", []))
+        state = page.next_state
+        if not page.more:
+            break
+    assert isinstance(state, LogCursor)
+    return {"changes": changes, "timestamp": state.position + 1}
+
+
+def _records(changes: dict[str, Any], table: str, kind: str) -> list[Any]:
+    bucket = changes.get(table) or {}
+    if not isinstance(bucket, dict):
+        raise BadRequest(f"changes.{table} must be an object", code="invalid_changes")
+    records = bucket.get(kind) or []
+    if not isinstance(records, list):
+        raise BadRequest(f"changes.{table}.{kind} must be a list", code="invalid_changes")
+    return records
+
+
+async def _changed_since(tx: Tx, table: str, row_id: str, position: int | None) -> bool:
+    if position is None:
+        return True
+    found = (
+        await tx.conn.execute(
+            select(ChangeLogEntry.position)
+            .where(
+                ChangeLogEntry.table_name == table,
+                ChangeLogEntry.row_id == row_id,
+                ChangeLogEntry.position > position,
+            )
+            .limit(1)
+        )
+    ).first()
+    return found is not None
+
+
+async def _record_rejected_order(
+    tx: Tx, buyer: Principal, request: PurchaseRequest, reason: str
+) -> None:
+    """An unfulfillable request is kept as a `rejected` order so the next pull shows why."""
+    prices = dict(
+        (
+            await tx.conn.execute(
+                select(Listing.id, Listing.price).where(
+                    Listing.id.in_([item.listing_id for item in request.items])
+                )
+            )
+        ).all()
+    )
+    items = [item for item in request.items if item.listing_id in prices]
+    now = now_ms()
+    await tx.conn.execute(
+        insert(Order).values(
+            id=request.order_id,
+            user_id=buyer.user_id,
+            status="rejected",
+            payment_method=request.payment_method,
+            payment_status="unpaid",
+            total=sum(prices[item.listing_id] * item.quantity for item in items),
+            note=request.note,
+            reject_reason=reason,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    if items:
+        await tx.conn.execute(
+            insert(OrderItem),
+            [
+                {
+                    "id": item.item_id,
+                    "order_id": request.order_id,
+                    "listing_id": item.listing_id,
+                    "quantity": item.quantity,
+                    "price": prices[item.listing_id],
+                }
+                for item in items
+            ],
+        )
+    scopes = owned_scopes(buyer.user_id)
+    tx.created("orders", request.order_id, scopes)
+    for item in items:
+        tx.created("order_items", item.item_id, scopes)
+    await notify(
+        tx,
+        buyer.user_id,
+        "order_rejected",
+        "Order could not be placed",
+        f"Your order could not be placed: {reason.replace('_', ' ')}.",
+        {"order_id": request.order_id},
+    )
+
+
+async def push(
+    tx: Tx, buyer: Principal, changes: dict[str, Any], last_pulled_at: int | None
+) -> dict[str, list[str]]:
+    """Apply a WatermelonDB push in one transaction; returns the ids refused per table."""
+    if not isinstance(changes, dict):
+        raise BadRequest("the body must be a changes object", code="invalid_changes")
+    since = None if last_pulled_at is None else last_pulled_at - 1
+    rejected: dict[str, list[str]] = defaultdict(list)
+    for table in changes:
+        if table not in BY_NAME:
+            raise BadRequest(f"unknown table {table!r}", code="invalid_changes")
+        for kind in ("created", "updated", "deleted"):
+            if table in WRITABLE_CREATE and kind == "created":
+                continue
+            if table in ("orders", "notifications") and kind == "updated":
+                continue
+            for record in _records(changes, table, kind):
+                rejected[table].append(record if isinstance(record, str) else str(record.get("id")))
+
+    items_by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in _records(changes, "order_items", "created"):
+        items_by_order[str(item.get("order_id"))].append(item)
+    for raw in _records(changes, "orders", "created"):
+        order_id = str(raw.get("id"))
+        items = items_by_order.pop(order_id, [])
+        outcome = await _purchase(tx, buyer, raw, items)
+        if outcome == "refused":
+            rejected["orders"].append(order_id)
+            rejected["order_items"].extend(str(item.get("id")) for item in items)
+    for items in items_by_order.values():  # items whose order was not in this push
+        rejected["order_items"].extend(str(item.get("id")) for item in items)
+
+    for raw in _records(changes, "interest_expressions", "created"):
+        try:
+            args = ExpressInterest(
+                interest_id=str(raw.get("id")),
+                listing_id=str(raw.get("listing_id")),
+                message=raw.get("message") or None,
+            )
+            savepoint = await tx.conn.begin_nested()
+            checkpoint = tx.checkpoint()
+            try:
+                await express_interest(tx, buyer, args)
+                await savepoint.commit()
+            except MutationRejected:
+                await savepoint.rollback()
+                tx.restore(checkpoint)
+                rejected["interest_expressions"].append(args.interest_id)
+        except (TypeError, ValueError):
+            rejected["interest_expressions"].append(str(raw.get("id")))
+
+    read_ids = []
+    for raw in _records(changes, "notifications", "updated"):
+        if raw.get("read") is True:
+            read_ids.append(str(raw.get("id")))
+    if read_ids:
+        await mark_notifications_read(tx, buyer, MarkNotificationsRead(ids=read_ids))
+
+    for raw in _records(changes, "orders", "updated"):
+        order_id = str(raw.get("id"))
+        order = await find_order(tx.conn, order_id)
+        if order is None or order["user_id"] != buyer.user_id:
+            rejected["orders"].append(order_id)
+            continue
+        if raw.get("status") == order["status"]:
+            continue
+        if await _changed_since(tx, "orders", order_id, since):
+            raise Conflict(
+                "The order changed on the server since your last pull; pull first.",
+                code="sync_conflict",
+            )
+        if raw.get("status") != "cancelled":
+            rejected["orders"].append(order_id)
+            continue
+        try:
+            await cancel_order(tx, buyer, order_id)
+        except MutationRejected:
+            rejected["orders"].append(order_id)
+    return {table: ids for table, ids in rejected.items() if ids}
+
+
+async def _purchase(
+    tx: Tx, buyer: Principal, raw: dict[str, Any], items: list[dict[str, Any]]
+) -> str:
+    order_id = str(raw.get("id"))
+    existing = await find_order(tx.conn, order_id)
+    if existing is not None:
+        # A push repeated after a lost acknowledgement: already applied, change nothing.
+        return "applied" if existing["user_id"] == buyer.user_id else "refused"
+    try:
+        request = PurchaseRequest(
+            order_id=order_id,
+            payment_method=str(raw.get("payment_method") or "cod"),
+            note=raw.get("note") or None,
+            items=[
+                PurchaseItem(
+                    item_id=str(item.get("id")),
+                    listing_id=str(item.get("listing_id")),
+                    quantity=int(item.get("quantity") or 0),
+                )
+                for item in items
+            ],
+        )
+    except (TypeError, ValueError):
+        return "refused"
+    savepoint = await tx.conn.begin_nested()
+    checkpoint = tx.checkpoint()
+    try:
+        await place_purchase_request(tx, buyer, request)
+    except MutationRejected as rejection:
+        await savepoint.rollback()
+        tx.restore(checkpoint)
+        if rejection.error_code in ("out_of_stock", "listing_unavailable"):
+            await _record_rejected_order(tx, buyer, request, rejection.error_code)
+            return "recorded"
+        return "refused"
+    await savepoint.commit()
+    return "applied"

@@ -1,0 +1,67 @@
+"""`/api/sync/watermelon`: WatermelonDB's `synchronize()` backend protocol (see PROTOCOL.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from storage import watermelon
+from sync_server.errors import ValidationFailed
+from sync_server.http import authenticate, doc, json_response, read_json
+from sync_server.services import services_of
+
+
+def last_pulled_at(request: Request) -> int | None:
+    raw = request.query_params.get("last_pulled_at")
+    if raw in (None, "", "null", "undefined"):
+        return None
+    try:
+        value = int(raw)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValidationFailed(
+            "last_pulled_at must be a number or null", field="last_pulled_at"
+        ) from None
+    if not 0 <= value <= 2**53:
+        raise ValidationFailed("last_pulled_at is out of range", field="last_pulled_at")
+    return value
+
+
+@doc(
+    "WatermelonDB pull: changes since last_pulled_at",
+    auth="user",
+    tag="sync",
+    query=("last_pulled_at", "schema_version", "migration"),
+)
+async def pull(request: Request) -> Response:
+    principal = await authenticate(request)
+    services = services_of(request)
+    since = last_pulled_at(request)
+    async with services.db.read() as conn:
+        body = await watermelon.pull(conn, principal, since)
+    return json_response(body)
+
+
+@doc(
+    "WatermelonDB push: the changes object, applied in one transaction",
+    auth="user",
+    tag="sync",
+    query=("last_pulled_at",),
+)
+async def push(request: Request) -> Response:
+    principal = await authenticate(request)
+    services = services_of(request)
+    since = last_pulled_at(request)
+    changes = await read_json(request, dict[str, Any])
+    rejected = await services.changelog.run(
+        lambda tx: watermelon.push(tx, principal, changes, since)
+    )
+    return json_response({"experimentalRejectedIds": rejected} if rejected else {})
+
+
+routes = [
+    Route("/api/sync/watermelon", pull, methods=["GET"]),
+    Route("/api/sync/watermelon", push, methods=["POST"]),
+]
