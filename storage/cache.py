@@ -21,6 +21,9 @@ class Cache(Protocol):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes, ttl: int) -> None: ...
     async def delete(self, key: str) -> None: ...
+    async def pop(self, key: str) -> bytes | None:
+        """Get and delete in one step."""
+        ...
     async def incr(self, key: str, ttl: int) -> int:
         """Increment a counter that expires `ttl` seconds after it was created."""
         ...
@@ -72,6 +75,11 @@ class MemoryCache:
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    async def pop(self, key: str) -> bytes | None:
+        entry = self._live(key)
+        self._entries.pop(key, None)
+        return entry[0] if entry else None
 
     async def incr(self, key: str, ttl: int) -> int:
         entry = self._live(key)
@@ -151,6 +159,9 @@ class RedisCache:
 
     async def delete(self, key: str) -> None:
         await self._redis.delete(self._key(key))
+
+    async def pop(self, key: str) -> bytes | None:
+        return _as_bytes(await self._redis.getdel(self._key(key)))
 
     async def incr(self, key: str, ttl: int) -> int:
         return int(await self._incr(keys=[self._key(key)], args=[max(1, ttl)]))

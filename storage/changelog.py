@@ -172,10 +172,16 @@ async def prune(db: Database, retention_ms: int, *, now: int | None = None) -> i
     """
     cutoff = (now_ms() if now is None else now) - retention_ms
     async with db.write() as conn:
+        # The newest entry is never pruned: SQLite allocates max(rowid) + 1, so deleting the
+        # newest row would hand its position out again and clients past it would miss the
+        # next change. Keeping it keeps positions increasing forever, on both databases.
+        newest = (await conn.execute(select(func.max(ChangeLogEntry.position)))).scalar()
+        if newest is None:
+            return 0
         newest_pruned = (
             await conn.execute(
                 select(func.max(ChangeLogEntry.position)).where(
-                    ChangeLogEntry.committed_at < cutoff
+                    ChangeLogEntry.committed_at < cutoff, ChangeLogEntry.position < newest
                 )
             )
         ).scalar_one_or_none()

@@ -75,9 +75,11 @@ async def pull_page(
 
 
 async def log_head(conn: AsyncConnection) -> int:
-    """The newest committed position (all earlier ones are visible too)."""
+    """The newest committed position (all earlier ones are visible too), never below the
+    pruned floor, so a snapshot started now is never mistaken for an expired one."""
     query = select(func.coalesce(func.max(ChangeLogEntry.position), 0))
-    return int((await conn.execute(query)).scalar_one())
+    newest = int((await conn.execute(query)).scalar_one())
+    return max(newest, await log_floor(conn))
 
 
 def _add(changes: dict[str, TableChanges], table: str, kind: str, item: Any) -> None:

@@ -57,10 +57,14 @@ async def pull(
     if last_pulled_at is not None and last_pulled_at > 0:
         state = LogCursor(last_pulled_at - 1)
     changes: dict[str, dict[str, list[Any]]] = {}
+    restarted = False
     while True:
         try:
             page = await pull_page(conn, principal, state, PAGE, full_rows=True)
         except CursorExpired:
+            if restarted:  # cannot happen inside one snapshot; never loop on it
+                raise
+            restarted = True
             page = await pull_page(conn, principal, None, PAGE, full_rows=True)
         for table, table_changes in page.changes.items():
             bucket = changes.setdefault(table, {"created": [], "updated": [], "deleted": []})

@@ -174,7 +174,8 @@ def test_a_cursor_older_than_the_retention_window_gets_a_reset(
     admin: Api, buyer: Api, backend: Backend
 ) -> None:
     cursor, _ = buyer.pull_all()
-    admin.create_listing(title="Goyave de Chine")
+    for n in range(3):
+        admin.create_listing(title=f"Goyave de Chine {n}")
 
     async def prune_everything() -> int:
         db = Database(backend.env["DATABASE_URL"])
@@ -191,6 +192,15 @@ def test_a_cursor_older_than_the_retention_window_gets_a_reset(
     _, rest = buyer.pull_all(page["cursor"]) if page["more"] else ("", [])
     build(rest, replica)
     assert without_empty(replica) == without_empty(build(fresh))
+    # A snapshot over several pages after the whole log was pruned still ends, and writes
+    # after the pruning get positions past every cursor handed out before it.
+    cursor, small = buyer.pull_all(limit=2)
+    assert len(small) >= 2
+    added = admin.create_listing(title="After pruning")
+    _, pages = buyer.pull_all(cursor)
+    assert added["id"] in {row["id"] for row in changes_for(pages, "listings", "put")}
+    melon = buyer.get("/api/sync/watermelon", params={"last_pulled_at": 5}).json()
+    assert melon["timestamp"] > 1
 
 
 def test_compressed_pull_is_smaller(buyer: Api) -> None:
