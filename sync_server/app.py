@@ -29,6 +29,7 @@ from sync_server.openapi import build_openapi
 from sync_server.routes import (
     admin,
     auth,
+    codes,
     health,
     listings,
     metrics,
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
         *listings.routes,
         *orders.routes,
         *auth.routes,
+        *codes.routes,
         *admin.routes,
         *health.routes,
         *metrics.routes,

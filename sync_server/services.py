@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 from protocol.cursor import CursorCodec
 from storage.cache import Cache, MemoryCache, RedisCache
 from storage.changelog import ChangeLog
+from storage.codes import CodeBook
 from storage.db import Database
 from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
@@ -44,6 +45,7 @@ class Services:
     limiter: RateLimiter
     cursors: CursorCodec
     http: httpx.AsyncClient
+    codes: CodeBook
     live: LiveHub = field(init=False)
     redis: Redis | None = None
 
@@ -88,6 +90,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         limiter=RateLimiter(cache, settings.rate_limits),
         cursors=CursorCodec(settings.jwt_secret.encode()),
         http=http,
+        codes=CodeBook(cache, settings.jwt_secret),
         redis=redis,
     )
     await pubsub.start()

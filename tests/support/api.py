@@ -90,6 +90,7 @@ class Api:
             assert response.status_code == 200, response.text
             page = response.json()
             pages.append(page)
+            assert len(pages) < 2000, "pull never reached more=false"
             cursor = page["cursor"]
             if not page["more"]:
                 return cursor, pages
