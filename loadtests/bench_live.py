@@ -46,17 +46,22 @@ def rss_kib(pid: int) -> int:
 
 def mint(secret: str, user_id: str) -> str:
     now = int(time.time())
-    return jwt.encode({"sub": user_id, "role": "user", "iat": now, "exp": now + 3600}, secret,
-                      algorithm="HS256")
+    return jwt.encode(
+        {"sub": user_id, "role": "user", "iat": now, "exp": now + 3600}, secret, algorithm="HS256"
+    )
 
 
-async def subscriber(url: str, token: str, connected: asyncio.Future[bool],
-                     arrivals: list[float], started: asyncio.Event, stop: asyncio.Event) -> None:
+async def subscriber(
+    url: str,
+    token: str,
+    connected: asyncio.Future[bool],
+    arrivals: list[float],
+    started: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
     try:
-        socket = await websockets.connect(url, max_size=2**22, compression=None,
-                                          open_timeout=60)
-        await socket.send(orjson.dumps({"type": "hello", "token": token,
-                                        "cursor": None}).decode())
+        socket = await websockets.connect(url, max_size=2**22, compression=None, open_timeout=60)
+        await socket.send(orjson.dumps({"type": "hello", "token": token, "cursor": None}).decode())
         while True:
             frame = orjson.loads(await socket.recv())
             if frame["type"] == "changes" and not frame["more"]:
@@ -82,8 +87,9 @@ async def subscriber(url: str, token: str, connected: asyncio.Future[bool],
                     arrivals.append(received * 1000 - patch["updated_at"])
 
 
-async def measure(base_url: str, pid: int, secret: str, admin_token: str, listing_id: str,
-                  count: int) -> None:
+async def measure(
+    base_url: str, pid: int, secret: str, admin_token: str, listing_id: str, count: int
+) -> None:
     url = base_url.replace("http://", "ws://") + "/api/sync/ws"
     before = rss_kib(pid)
     started, stop = asyncio.Event(), asyncio.Event()
@@ -97,8 +103,9 @@ async def measure(base_url: str, pid: int, secret: str, admin_token: str, listin
             token = mint(secret, f"bench-user-{n}-{secrets.token_hex(3)}")
             connected: asyncio.Future[bool] = loop.create_future()
             wave.append(connected)
-            tasks.append(asyncio.create_task(
-                subscriber(url, token, connected, arrivals, started, stop)))
+            tasks.append(
+                asyncio.create_task(subscriber(url, token, connected, arrivals, started, stop))
+            )
         await asyncio.wait_for(asyncio.gather(*wave), 120)
         outcomes += wave
     connected_count = sum(1 for outcome in outcomes if outcome.result())
@@ -107,8 +114,11 @@ async def measure(base_url: str, pid: int, secret: str, admin_token: str, listin
     started.set()
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         for edit in range(5):
-            await http.patch(f"/api/admin/listings/{listing_id}", json={"price": 1000 + edit},
-                             headers={"authorization": f"Bearer {admin_token}"})
+            await http.patch(
+                f"/api/admin/listings/{listing_id}",
+                json={"price": 1000 + edit},
+                headers={"authorization": f"Bearer {admin_token}"},
+            )
             deadline = time.monotonic() + 30
             while len(arrivals) < connected_count * (edit + 1) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
@@ -121,23 +131,30 @@ async def measure(base_url: str, pid: int, secret: str, admin_token: str, listin
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     per_connection = (after - before) / max(1, connected_count)
-    print(f"  {count:>5} subscribers ({connected_count} connected): RSS +{per_connection:,.1f} "
-          f"KiB per idle connection; commit->frame p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, "
-          f"max {latencies[-1]:,.0f} ms ({len(latencies)}/{connected_count * 5} frames)")
+    print(
+        f"  {count:>5} subscribers ({connected_count} connected): RSS +{per_connection:,.1f} "
+        f"KiB per idle connection; commit->frame p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, "
+        f"max {latencies[-1]:,.0f} ms ({len(latencies)}/{connected_count * 5} frames)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--subscribers", default="1,100,1000,5000")
     parser.add_argument("--backend", choices=("services", "embedded"), default="services")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     secret = secrets.token_hex(24)
-    env = {"JWT_SECRET": secret, "RATE_LIMITS": "off", "BCRYPT_ROUNDS": "10",
-           "WS_IMPLEMENTATION": os.environ.get("WS_IMPLEMENTATION", "auto"),
-           "LOG_LEVEL": "WARNING"}
+    env = {
+        "JWT_SECRET": secret,
+        "RATE_LIMITS": "off",
+        "BCRYPT_ROUNDS": "10",
+        "WS_IMPLEMENTATION": os.environ.get("WS_IMPLEMENTATION", "auto"),
+        "LOG_LEVEL": "WARNING",
+    }
     cleanup = None
     if args.backend == "services":
         database_url = real.create_database()
@@ -159,13 +176,23 @@ def main() -> None:
         server = start_server(env)
         try:
             http = httpx.Client(base_url=server.base_url)
-            admin = http.post("/api/auth/login", json={
-                "email": "live-admin@freshroots.test", "password": "live admin pass"}).json()
+            admin = http.post(
+                "/api/auth/login",
+                json={"email": "live-admin@freshroots.test", "password": "live admin pass"},
+            ).json()
             rows = http.get("/api/listings", params={"limit": 1}).json()["items"]
             print(f"== live fan-out, {args.backend}, one server process ==")
             for count in (int(n) for n in args.subscribers.split(",")):
-                asyncio.run(measure(server.base_url, server.process.pid, secret,
-                                    admin["access_token"], rows[0]["id"], count))
+                asyncio.run(
+                    measure(
+                        server.base_url,
+                        server.process.pid,
+                        secret,
+                        admin["access_token"],
+                        rows[0]["id"],
+                        count,
+                    )
+                )
         finally:
             server.process.terminate()
             server.process.wait(10)

@@ -58,16 +58,24 @@ def rest_baseline(rows: list[dict[str, Any]]) -> bytes:
             "id": row["id"],
             "title": row["title"],
             "description": row["description"],
-            "price": {"amount": row["price"] / 100, "currency": "MUR",
-                      "formatted": f"Rs {row['price'] / 100:,.2f}"},
+            "price": {
+                "amount": row["price"] / 100,
+                "currency": "MUR",
+                "formatted": f"Rs {row['price'] / 100:,.2f}",
+            },
             "unit": row["unit"],
             "stockQuantity": row["stock"],
             "category": {"slug": row["category"], "name": row["category"].title()},
             "status": row["status"],
             "images": [
-                {"publicId": public_id, "url": f"{CLOUDINARY_BASE}/{public_id}.jpg",
-                 "thumbnailUrl": f"{CLOUDINARY_BASE}/c_fill,w_200,h_200/{public_id}.jpg",
-                 "width": 1200, "height": 900, "format": "jpg"}
+                {
+                    "publicId": public_id,
+                    "url": f"{CLOUDINARY_BASE}/{public_id}.jpg",
+                    "thumbnailUrl": f"{CLOUDINARY_BASE}/c_fill,w_200,h_200/{public_id}.jpg",
+                    "width": 1200,
+                    "height": 900,
+                    "format": "jpg",
+                }
                 for public_id in row["images"]
             ],
             "createdAt": iso(row["updated_at"]),
@@ -75,19 +83,32 @@ def rest_baseline(rows: list[dict[str, Any]]) -> bytes:
         }
         for row in rows
     ]
-    return orjson.dumps({"data": items, "meta": {"total": len(items), "page": 1,
-                                                 "perPage": len(items)}})
+    return orjson.dumps(
+        {"data": items, "meta": {"total": len(items), "page": 1, "perPage": len(items)}}
+    )
 
 
-def wrk(url: str, duration: int, connections: int, headers: dict[str, str],
-        script: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str, str]:
+def wrk(
+    url: str,
+    duration: int,
+    connections: int,
+    headers: dict[str, str],
+    script: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[float, str, str]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     if script is not None:
         command += ["-s", str(script)]
-    output = subprocess.run(command + [url], capture_output=True, text=True, timeout=duration + 30,
-                            env={**os.environ, **(env or {})}, check=True).stdout
+    output = subprocess.run(
+        [*command, url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        env={**os.environ, **(env or {})},
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"50%\s+(\S+)", output)
     p99 = re.search(r"99%\s+(\S+)", output)
@@ -98,14 +119,19 @@ def wrk(url: str, duration: int, connections: int, headers: dict[str, str],
 
 
 def pull(client: httpx.Client, token: str, **params: Any) -> httpx.Response:
-    return client.get("/api/sync/pull", params=params,
-                      headers={"authorization": f"Bearer {token}", "accept-encoding": "identity"})
+    return client.get(
+        "/api/sync/pull",
+        params=params,
+        headers={"authorization": f"Bearer {token}", "accept-encoding": "identity"},
+    )
 
 
 def raw_size(client: httpx.Client, token: str, encoding: str, **params: Any) -> int:
-    response = client.get("/api/sync/pull", params=params,
-                          headers={"authorization": f"Bearer {token}",
-                                   "accept-encoding": encoding})
+    response = client.get(
+        "/api/sync/pull",
+        params=params,
+        headers={"authorization": f"Bearer {token}", "accept-encoding": encoding},
+    )
     return int(response.headers.get("content-length", len(response.content)))
 
 
@@ -126,19 +152,34 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
 
     server = start_server(env)
     bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, str(ROOT / "loadtests" / "bare_app.py"),
-                             str(bare_port)], env={**os.environ, **env})
+    bare = subprocess.Popen(
+        [sys.executable, str(ROOT / "loadtests" / "bare_app.py"), str(bare_port)],
+        env={**os.environ, **env},
+    )
     try:
         time.sleep(1.5)
         client = httpx.Client(base_url=server.base_url, timeout=30)
-        admin = session(client, "/api/auth/login",
-                        {"email": admin_email, "password": "bench admin password"})
-        buyer = session(client, "/api/auth/register", {
-            "email": f"bench-{secrets.token_hex(4)}@example.mu", "password": "bench buyer 1",
-            "name": "Bench buyer"})
-        watcher = session(client, "/api/auth/register", {
-            "email": f"watch-{secrets.token_hex(4)}@example.mu", "password": "bench buyer 1",
-            "name": "Watcher"})
+        admin = session(
+            client, "/api/auth/login", {"email": admin_email, "password": "bench admin password"}
+        )
+        buyer = session(
+            client,
+            "/api/auth/register",
+            {
+                "email": f"bench-{secrets.token_hex(4)}@example.mu",
+                "password": "bench buyer 1",
+                "name": "Bench buyer",
+            },
+        )
+        watcher = session(
+            client,
+            "/api/auth/register",
+            {
+                "email": f"watch-{secrets.token_hex(4)}@example.mu",
+                "password": "bench buyer 1",
+                "name": "Watcher",
+            },
+        )
 
         initial = pull(client, buyer, limit=1000).json()
         rows = initial["changes"]["listings"]["put"]
@@ -153,41 +194,76 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
         # One stock change, as another buyer's phone sees it (a purchase moves public stock).
         watch_cursor = pull(client, watcher, limit=1000).json()["cursor"]
         target = next(row["id"] for row in rows if row["stock"] > 0)
-        client.post("/api/sync/push", headers={"authorization": f"Bearer {buyer}"}, json={
-            "client_id": "bench-stock-" + secrets.token_hex(4), "mutations": [
-                {"id": 1, "name": "purchase_request", "args": {
-                    "order_id": "bench-" + secrets.token_hex(6), "payment_method": "cod",
-                    "items": [{"item_id": "item-" + secrets.token_hex(6), "listing_id": target,
-                               "quantity": 1}]}}]}).raise_for_status()
+        client.post(
+            "/api/sync/push",
+            headers={"authorization": f"Bearer {buyer}"},
+            json={
+                "client_id": "bench-stock-" + secrets.token_hex(4),
+                "mutations": [
+                    {
+                        "id": 1,
+                        "name": "purchase_request",
+                        "args": {
+                            "order_id": "bench-" + secrets.token_hex(6),
+                            "payment_method": "cod",
+                            "items": [
+                                {
+                                    "item_id": "item-" + secrets.token_hex(6),
+                                    "listing_id": target,
+                                    "quantity": 1,
+                                }
+                            ],
+                        },
+                    }
+                ],
+            },
+        ).raise_for_status()
         stock_change = pull(client, watcher, cursor=watch_cursor)
         watch_cursor = stock_change.json()["cursor"]
         # An admin edit of the stock also moves `updated_at`.
-        client.patch(f"/api/admin/listings/{target}", json={"stock": 3},
-                     headers={"authorization": f"Bearer {admin}"}).raise_for_status()
+        client.patch(
+            f"/api/admin/listings/{target}",
+            json={"stock": 3},
+            headers={"authorization": f"Bearer {admin}"},
+        ).raise_for_status()
         admin_edit = pull(client, watcher, cursor=watch_cursor)
         watch_cursor = admin_edit.json()["cursor"]
         empty = pull(client, watcher, cursor=watch_cursor)
-        not_modified = client.get("/api/sync/pull", params={"cursor": watch_cursor},
-                                  headers={"authorization": f"Bearer {watcher}",
-                                           "if-none-match": f'"{watch_cursor}"'})
+        not_modified = client.get(
+            "/api/sync/pull",
+            params={"cursor": watch_cursor},
+            headers={"authorization": f"Bearer {watcher}", "if-none-match": f'"{watch_cursor}"'},
+        )
 
         print(f"\n== {name}: bytes on the wire ==")
-        print(f"  initial sync, 300 listings: ours {ours_gzip:,} B gzip / {ours_br:,} B br "
-              f"({ours_plain:,} B plain); REST baseline {rest_gzip:,} B gzip / {rest_br:,} B br "
-              f"({len(rest):,} B plain)")
-        print(f"    ratio ours/REST: gzip {ours_gzip / rest_gzip:.2f}x, br {ours_br / rest_br:.2f}x")
-        print(f"  one stock change (a purchase, seen by another buyer): "
-              f"{len(stock_change.content)} B body: {stock_change.content.decode()}")
-        print(f"  one stock change (admin edit, stock + updated_at): "
-              f"{len(admin_edit.content)} B body")
-        print(f"  pull with nothing new: {len(empty.content)} B body; with If-None-Match: "
-              f"{not_modified.status_code}, {len(not_modified.content)} B body")
+        print(
+            f"  initial sync, 300 listings: ours {ours_gzip:,} B gzip / {ours_br:,} B br "
+            f"({ours_plain:,} B plain); REST baseline {rest_gzip:,} B gzip / {rest_br:,} B br "
+            f"({len(rest):,} B plain)"
+        )
+        print(
+            f"    ratio ours/REST: gzip {ours_gzip / rest_gzip:.2f}x, br {ours_br / rest_br:.2f}x"
+        )
+        print(
+            f"  one stock change (a purchase, seen by another buyer): "
+            f"{len(stock_change.content)} B body: {stock_change.content.decode()}"
+        )
+        print(
+            f"  one stock change (admin edit, stock + updated_at): {len(admin_edit.content)} B body"
+        )
+        print(
+            f"  pull with nothing new: {len(empty.content)} B body; with If-None-Match: "
+            f"{not_modified.status_code}, {len(not_modified.content)} B body"
+        )
 
         # A cursor with 50 changes after it, pulled again and again (the database path).
         fifty_cursor = pull(client, admin, limit=1000).json()["cursor"]
         for listing in rows[:50]:
-            client.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 1_000_000},
-                         headers={"authorization": f"Bearer {admin}"}).raise_for_status()
+            client.patch(
+                f"/api/admin/listings/{listing['id']}",
+                json={"stock": 1_000_000},
+                headers={"authorization": f"Bearer {admin}"},
+            ).raise_for_status()
         fifty = pull(client, admin, cursor=fifty_cursor, limit=100).json()
         changed = sum(len(v) for t in fifty["changes"].values() for v in t.values())
         empty_cursor = pull(client, buyer, cursor=cursor, limit=1000).json()["cursor"]
@@ -197,27 +273,43 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
             if not page["more"] and not page["changes"]:
                 break
 
-        print(f"\n== {name}: requests/s (wrk, 2 threads, {connections} connections, "
-              f"{duration}s each) ==")
-        bare_rps, bare_p50, bare_p99 = wrk(f"http://127.0.0.1:{bare_port}/bare", duration,
-                                           connections, {})
-        print(f"  bare Starlette JSON endpoint: {bare_rps:,.0f} req/s (p50 {bare_p50}, "
-              f"p99 {bare_p99})")
+        print(
+            f"\n== {name}: requests/s (wrk, 2 threads, {connections} connections, "
+            f"{duration}s each) =="
+        )
+        bare_rps, bare_p50, bare_p99 = wrk(
+            f"http://127.0.0.1:{bare_port}/bare", duration, connections, {}
+        )
+        print(
+            f"  bare Starlette JSON endpoint: {bare_rps:,.0f} req/s (p50 {bare_p50}, "
+            f"p99 {bare_p99})"
+        )
         auth = {"Authorization": f"Bearer {buyer}"}
         for label, url, headers in (
             ("empty pull", f"{server.base_url}/api/sync/pull?cursor={empty_cursor}", auth),
-            (f"{changed}-change pull", f"{server.base_url}/api/sync/pull?cursor={fifty_cursor}"
-             "&limit=100", {"Authorization": f"Bearer {admin}"}),
+            (
+                f"{changed}-change pull",
+                f"{server.base_url}/api/sync/pull?cursor={fifty_cursor}&limit=100",
+                {"Authorization": f"Bearer {admin}"},
+            ),
         ):
             rps, p50, p99 = wrk(url, duration, connections, headers)
-            print(f"  {label}: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
-                  f"p99 {p99})")
+            print(
+                f"  {label}: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, p99 {p99})"
+            )
         listings = ",".join(listing["id"] for listing in rows[:50])
-        rps, p50, p99 = wrk(f"{server.base_url}/api/sync/push", duration, connections, {},
-                            script=ROOT / "loadtests" / "push.lua",
-                            env={"LISTINGS": listings, "TOKEN": buyer})
-        print(f"  5-mutation push: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
-              f"p99 {p99})")
+        rps, p50, p99 = wrk(
+            f"{server.base_url}/api/sync/push",
+            duration,
+            connections,
+            {},
+            script=ROOT / "loadtests" / "push.lua",
+            env={"LISTINGS": listings, "TOKEN": buyer},
+        )
+        print(
+            f"  5-mutation push: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
+            f"p99 {p99})"
+        )
     finally:
         bare.terminate()
         server.process.terminate()
@@ -226,27 +318,35 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=("services", "embedded", "both"), default="both")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install wrk")
-    base = {"JWT_SECRET": secrets.token_hex(24), "RATE_LIMITS": "off", "BCRYPT_ROUNDS": "10",
-            "LOG_LEVEL": "WARNING"}
+    base = {
+        "JWT_SECRET": secrets.token_hex(24),
+        "RATE_LIMITS": "off",
+        "BCRYPT_ROUNDS": "10",
+        "LOG_LEVEL": "WARNING",
+    }
     if args.backend in ("embedded", "both"):
         with tempfile.TemporaryDirectory() as directory:
             env = {**base, "DATABASE_URL": f"sqlite:///{directory}/bench.db"}
-            run_backend("embedded (SQLite, in-process cache)", env, args.duration,
-                        args.connections)
+            run_backend("embedded (SQLite, in-process cache)", env, args.duration, args.connections)
     if args.backend in ("services", "both"):
         database_url = real.create_database()
         prefix = f"frbench:{secrets.token_hex(3)}:"
         try:
-            env = {**base, "DATABASE_URL": database_url, "REDIS_URL": real.REDIS_URL,
-                   "REDIS_PREFIX": prefix}
+            env = {
+                **base,
+                "DATABASE_URL": database_url,
+                "REDIS_URL": real.REDIS_URL,
+                "REDIS_PREFIX": prefix,
+            }
             run_backend("PostgreSQL + Redis", env, args.duration, args.connections)
         finally:
             real.drop_database(database_url)
