@@ -28,6 +28,7 @@ from sync_server.middleware import (
 from sync_server.openapi import build_openapi
 from sync_server.routes import (
     admin,
+    admin_reports,
     auth,
     codes,
     health,
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
         *auth.routes,
         *codes.routes,
         *admin.routes,
+        *admin_reports.routes,
         *health.routes,
         *metrics.routes,
     ]
