@@ -18,6 +18,7 @@ from starlette.routing import Route
 from storage.changelog import prune
 from storage.db import Database
 from storage.migrate import pending_message
+from sync_server.channels import build_channels
 from sync_server.errors import FreshRootsError, error_response
 from sync_server.http import json_response
 from sync_server.middleware import (
@@ -41,6 +42,7 @@ from sync_server.routes import (
 )
 from sync_server.services import open_services
 from sync_server.settings import Settings
+from sync_server.worker import OutboxWorker
 
 log = logging.getLogger("freshroots")
 VERSION = "0.1.0"
@@ -67,6 +69,10 @@ async def on_http_error(request: Request, error: Exception) -> Response:
 async def on_crash(request: Request, error: Exception) -> Response:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(FreshRootsError())
+
+
+async def _wake(worker: OutboxWorker) -> None:
+    worker.wake()
 
 
 async def prune_periodically(db: Database, settings: Settings) -> None:
@@ -99,6 +105,12 @@ def create_app(settings: Settings) -> Starlette:
                 background.start_soon(prune_periodically, services.db, settings)
                 background.start_soon(services.feed.follow)
                 background.start_soon(services.live.run)
+                if settings.runs_outbox_worker:
+                    worker = OutboxWorker(
+                        services.db, build_channels(settings.environ), settings.outbox_poll_seconds
+                    )
+                    services.feed.listeners.append(lambda _heads, _tables: _wake(worker))
+                    background.start_soon(worker.run_forever)
                 background.start_soon(services.limiter.flush_periodically)
                 yield
                 background.cancel_scope.cancel()

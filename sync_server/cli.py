@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -168,6 +169,33 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from storage.db import Database
+    from sync_server.channels import build_channels
+    from sync_server.logs import configure_logging
+    from sync_server.worker import OutboxWorker
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    channels = build_channels(settings.environ)
+    print(
+        f"outbox worker: channels {', '.join(c.name for c in channels) or 'none'}; "
+        f"polling every {settings.outbox_poll_seconds:g}s",
+        file=sys.stderr,
+    )
+
+    async def run() -> None:
+        db = Database(settings.database_url, pool_size=2)
+        try:
+            await OutboxWorker(db, channels, settings.outbox_poll_seconds).run_forever()
+        finally:
+            await db.dispose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshroots",
@@ -209,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="demo admin password (default: a new random one, printed)",
     )
     seed.set_defaults(run=cmd_seed_demo)
+
+    worker = commands.add_parser(
+        "worker", help="deliver queued notifications (push, email); several may run"
+    )
+    worker.set_defaults(run=cmd_worker)
 
     admin = commands.add_parser("create-admin", help="create an admin, or promote a user")
     admin.add_argument("--email", required=True)

@@ -55,6 +55,13 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = (environ.get(name) or default).strip().lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = environ.get(name, "")
     return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -118,6 +125,13 @@ class Settings:
     ws_queue_bytes: int = 512 * 1024
     ws_per_message_deflate: bool = False
     ws_implementation: str = "auto"
+    outbox_worker: str = "auto"  # auto: inside the server on SQLite; on; off
+    outbox_poll_seconds: float = 2.0
+
+    @property
+    def runs_outbox_worker(self) -> bool:
+        return self.outbox_worker == "on" or (self.outbox_worker == "auto" and self.is_sqlite)
+
     db_pool_size: int = 10
     sentry_dsn: str | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -187,6 +201,8 @@ class Settings:
             ws_queue_bytes=_int(env, "WS_QUEUE_BYTES", 512 * 1024, 16 * 1024),
             ws_per_message_deflate=_bool(env, "WS_PER_MESSAGE_DEFLATE", False),
             ws_implementation=env.get("WS_IMPLEMENTATION", "auto"),
+            outbox_worker=_choice(env, "OUTBOX_WORKER", ("auto", "on", "off"), "auto"),
+            outbox_poll_seconds=_float(env, "OUTBOX_POLL_SECONDS", 2.0),
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
             sentry_dsn=env.get("SENTRY_DSN") or None,
             environ=env,

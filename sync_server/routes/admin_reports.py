@@ -18,15 +18,22 @@ from sync_server.services import services_of
 DAY_MS = 86_400_000
 
 
-@doc("The audit log, newest first, filtered and keyset paged", auth="admin", tag="admin",
-     query=("admin_id", "action", "target_id", "from", "to", "cursor", "limit"))
+@doc(
+    "The audit log, newest first, filtered and keyset paged",
+    auth="admin",
+    tag="admin",
+    query=("admin_id", "action", "target_id", "from", "to", "cursor", "limit"),
+)
 async def audit(request: Request) -> Response:
     await require_admin(request)
     limit = query_int(request, "limit", 50, minimum=1, maximum=200) or 50
     query = ADMIN_ACTIONS.select_rows()
     params = request.query_params
-    for name, column in (("admin_id", AdminAction.admin_id), ("action", AdminAction.action),
-                         ("target_id", AdminAction.target_id)):
+    for name, column in (
+        ("admin_id", AdminAction.admin_id),
+        ("action", AdminAction.action),
+        ("target_id", AdminAction.target_id),
+    ):
         if params.get(name):
             query = query.where(column == params[name])
     since, until = query_int(request, "from", minimum=0), query_int(request, "to", minimum=0)
@@ -36,22 +43,28 @@ async def audit(request: Request) -> Response:
         query = query.where(AdminAction.created_at < until)
     if params.get("cursor"):
         created_at, action_id = decode_page_cursor(params["cursor"])
-        query = query.where((AdminAction.created_at < created_at)
-                            | ((AdminAction.created_at == created_at)
-                               & (AdminAction.id < action_id)))
+        query = query.where(
+            (AdminAction.created_at < created_at)
+            | ((AdminAction.created_at == created_at) & (AdminAction.id < action_id))
+        )
     query = query.order_by(AdminAction.created_at.desc(), AdminAction.id.desc()).limit(limit + 1)
     async with services_of(request).db.read() as conn:
         rows = (await conn.execute(query)).mappings().all()
     next_cursor = None
     if len(rows) > limit:
         next_cursor = encode_page_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"])
-    return json_response({"items": [ADMIN_ACTIONS.encode(row) for row in rows[:limit]],
-                          "next_cursor": next_cursor})
+    return json_response(
+        {"items": [ADMIN_ACTIONS.encode(row) for row in rows[:limit]], "next_cursor": next_cursor}
+    )
 
 
-@doc("Orders and revenue per day, approval rate and time, conversion, top listings, "
-     "searches with no results, active devices", auth="admin", tag="admin",
-     query=("from", "to"))
+@doc(
+    "Orders and revenue per day, approval rate and time, conversion, top listings, "
+    "searches with no results, active devices",
+    auth="admin",
+    tag="admin",
+    query=("from", "to"),
+)
 async def analytics(request: Request) -> Response:
     await require_admin(request)
     until = query_int(request, "to", minimum=0) or now_ms()

@@ -1,0 +1,128 @@
+"""The outbox delivers email through a real SMTP server (aiosmtpd), once per intent, and
+retries when the relay is down; codes from the accounts flow arrive in the message body."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from storage.db import Database
+from storage.models import OutboxItem
+from sync_server.app import create_app
+from tests.conftest import Backend
+from tests.support.api import Api, register
+from tests.support.live_server import free_port, serve_in_thread
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 Message accepted for delivery"
+
+    def wait_for(self, recipient: str, count: int = 1, timeout: float = 20) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.messages if m["To"] == recipient]
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no mail for {recipient} within {timeout}s")
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+def mail_server_env(port: int) -> dict[str, str]:
+    return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_STARTTLS": "false",
+            "OUTBOX_WORKER": "on", "OUTBOX_POLL_SECONDS": "0.2",
+            "EMAIL_FROM": "Fresh Roots <no-reply@freshroots.test>"}
+
+
+def test_codes_arrive_by_email_through_the_outbox(
+    backend: Backend, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, port = mailbox
+    with serve_in_thread(create_app(backend.settings(**mail_server_env(port)))) as base_url:
+        api = register(base_url, "mailed")
+        assert api.post("/api/auth/verify-email/request").status_code == 202
+        [message] = box.wait_for(api.user["email"])
+        code = re.search(r"\b(\d{6})\b", message.get_payload())  # type: ignore[arg-type]
+        assert code is not None
+        confirmed = api.post("/api/auth/verify-email/confirm", json={"code": code.group(1)})
+        assert confirmed.status_code == 200 and confirmed.json()["email_verified"] is True
+        assert message["Message-ID"] and "freshroots" in message["Message-ID"]
+
+
+def test_order_events_are_emailed_once_each(
+    backend: Backend, mailbox: tuple[Mailbox, int], admin_email: str
+) -> None:
+    box, port = mailbox
+    with serve_in_thread(create_app(backend.settings(**mail_server_env(port)))) as base_url:
+        from tests.conftest import ADMIN_PASSWORD
+        from tests.support.api import client_id, login
+
+        admin = login(base_url, admin_email, ADMIN_PASSWORD)
+        buyer = register(base_url, "customer")
+        listing = admin.create_listing(stock=4)
+        batch = [{"id": 1, "name": "purchase_request", "args": {
+            "order_id": "mail-order-1" + buyer.user["id"][:6], "payment_method": "cod",
+            "items": [{"item_id": "mail-item-1" + buyer.user["id"][:6],
+                       "listing_id": listing["id"], "quantity": 1}]}}]
+        device = client_id()
+        for _ in range(3):  # replays must not queue more mail
+            buyer.push(device, batch)
+        order_id = batch[0]["args"]["order_id"]
+        admin.put(f"/api/admin/orders/{order_id}/approve", json={})
+        mails = box.wait_for(buyer.user["email"], count=2)
+        time.sleep(1.0)  # give a duplicate the chance to show up
+        subjects = sorted(m["Subject"] for m in box.messages if m["To"] == buyer.user["email"])
+        assert subjects == ["Order approved", "Purchase request received"]
+        assert order_id in mails[0].get_payload()  # type: ignore[operator]
+        assert box.wait_for(admin_email)  # the new-request alert
+
+
+def test_a_relay_outage_is_retried_later(backend: Backend, mailbox: tuple[Mailbox, int]) -> None:
+    box, port = mailbox
+    dead_port = free_port()  # nothing listens here
+    with serve_in_thread(create_app(backend.settings(**mail_server_env(dead_port)))) as base_url:
+        api = register(base_url, "patient")
+        api.post("/api/auth/verify-email/request")
+
+        async def status() -> tuple[str, int, str | None]:
+            db = Database(backend.env["DATABASE_URL"])
+            try:
+                async with db.read() as conn:
+                    row = (await conn.execute(
+                        select(OutboxItem.status, OutboxItem.attempts, OutboxItem.last_error)
+                        .where(OutboxItem.recipient == api.user["email"]))).one()
+                    return row.status, row.attempts, row.last_error
+            finally:
+                await db.dispose()
+
+        deadline = time.monotonic() + 15
+        while asyncio.run(status())[1] == 0:
+            assert time.monotonic() < deadline, "the worker never tried"
+            time.sleep(0.1)
+        state, attempts, error = asyncio.run(status())
+        assert state == "pending" and attempts >= 1 and error  # kept, with a later retry
+    assert not box.messages
