@@ -18,7 +18,7 @@ from storage.db import Database
 from storage.models import OutboxItem
 from sync_server.app import create_app
 from tests.conftest import Backend
-from tests.support.api import Api, register
+from tests.support.api import register
 from tests.support.live_server import free_port, serve_in_thread
 
 
@@ -26,7 +26,7 @@ class Mailbox:
     def __init__(self) -> None:
         self.messages: list[Message] = []
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         self.messages.append(message_from_bytes(envelope.content))
         return "250 Message accepted for delivery"
 
@@ -102,7 +102,7 @@ def test_order_events_are_emailed_once_each(
 
 
 def test_a_relay_outage_is_retried_later(backend: Backend, mailbox: tuple[Mailbox, int]) -> None:
-    box, port = mailbox
+    box, _port = mailbox
     dead_port = free_port()  # nothing listens here
     with serve_in_thread(create_app(backend.settings(**mail_server_env(dead_port)))) as base_url:
         api = register(base_url, "patient")
