@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
@@ -12,8 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from storage.changelog import prune
 from storage.db import Database
@@ -30,6 +32,7 @@ from sync_server.openapi import build_openapi
 from sync_server.routes import (
     admin,
     admin_reports,
+    admin_session,
     auth,
     codes,
     health,
@@ -45,6 +48,7 @@ from sync_server.settings import Settings
 from sync_server.worker import OutboxWorker
 
 log = logging.getLogger("freshroots")
+ADMIN_UI = Path(__file__).parent / "admin_ui"
 VERSION = "0.1.0"
 
 
@@ -155,13 +159,19 @@ def create_app(settings: Settings) -> Starlette:
         else []
     )
     middleware = [
-        Middleware(RequestEdgeMiddleware),
+        Middleware(RequestEdgeMiddleware, dashboard_csp=dashboard_policy(settings)),
         *cors,
         Middleware(CompressionMiddleware),
         Middleware(BodyMiddleware, max_bytes=settings.max_body_bytes),
     ]
     return Starlette(
-        routes=[*api_routes, Route("/openapi.json", openapi, methods=["GET"])],
+        routes=[
+            *api_routes,
+            *admin_session.routes,
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/admin", lambda request: RedirectResponse("/admin/"), methods=["GET"]),
+            Mount("/admin", StaticFiles(directory=ADMIN_UI, html=True), name="admin"),
+        ],
         middleware=middleware,
         exception_handlers={
             FreshRootsError: on_error,
@@ -169,6 +179,16 @@ def create_app(settings: Settings) -> Starlette:
             Exception: on_crash,
         },
         lifespan=lifespan,
+    )
+
+
+def dashboard_policy(settings: Settings) -> str:
+    """The dashboard runs only our own script; uploads go straight to Cloudinary."""
+    upload = settings.environ.get("CLOUDINARY_UPLOAD_PREFIX", "https://api.cloudinary.com")
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; "
+        "img-src 'self' data: https://res.cloudinary.com; "
+        f"connect-src 'self' {upload}; frame-ancestors 'none'; base-uri 'none'"
     )
 
 

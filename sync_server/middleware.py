@@ -37,8 +37,9 @@ class RequestEdgeMiddleware:
     """Per request: an id, security headers, and one structured access-log line
     (method, route, status, duration, request id, user id)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, dashboard_csp: str = "default-src 'self'") -> None:
         self.app = app
+        self.dashboard_csp = (b"content-security-policy", dashboard_csp.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +54,7 @@ class RequestEdgeMiddleware:
         started = time.perf_counter()
         status = 500
         api = scope["path"].startswith("/api")
+        dashboard = scope["path"].startswith("/admin")
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
@@ -63,6 +65,8 @@ class RequestEdgeMiddleware:
                 headers += [pair for pair in SECURITY_HEADERS if pair[0] not in present]
                 if api and b"cache-control" not in present:
                     headers.append(NO_STORE)
+                if dashboard:
+                    headers.append(self.dashboard_csp)
                 headers.append((b"x-request-id", state["request_id"].encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
