@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from integrations.analytics.sentry import init_sentry
 from storage.changelog import prune
 from storage.db import Database
 from storage.migrate import pending_message
@@ -92,6 +93,13 @@ async def prune_periodically(db: Database, settings: Settings) -> None:
 
 
 def create_app(settings: Settings) -> Starlette:
+    if not init_sentry(
+        settings.sentry_dsn,
+        environment=settings.environ.get("SENTRY_ENVIRONMENT", "production"),
+        release=f"freshroots-sync@{VERSION}",
+    ):
+        log.info("Sentry is off: SENTRY_DSN is not set")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         problem = await anyio.to_thread.run_sync(pending_message, settings.database_url)
@@ -109,6 +117,8 @@ def create_app(settings: Settings) -> Starlette:
                 background.start_soon(prune_periodically, services.db, settings)
                 background.start_soon(services.feed.follow)
                 background.start_soon(services.live.run)
+                if services.analytics is not None:
+                    background.start_soon(services.analytics.run_periodic_flush, 5.0)
                 if settings.runs_outbox_worker:
                     worker = OutboxWorker(
                         services.db, build_channels(settings.environ), settings.outbox_poll_seconds

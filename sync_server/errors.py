@@ -15,6 +15,7 @@
     │   ├── EmailTaken              (409 email_taken)
     │   └── IllegalTransition       (409 illegal_transition)
     ├── PayloadTooLarge             (413 payload_too_large)
+    ├── NotConfigured               (501 integration_off)
     ├── UnsupportedMediaType        (415 unsupported_media_type)
     ├── RateLimited                 (429 rate_limited, Retry-After)
     └── ServiceUnavailable          (503 service_unavailable, Retry-After)
@@ -133,6 +134,14 @@ class EmailTaken(Conflict):
 
 class IllegalTransition(Conflict):
     code = "illegal_transition"
+
+
+class NotConfigured(FreshRootsError):
+    """An integration whose settings are absent is off."""
+
+    status_code = 501
+    code = "integration_off"
+    default_message = "This feature is not configured on this server."
 
 
 class PayloadTooLarge(FreshRootsError):

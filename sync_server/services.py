@@ -10,11 +10,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
+from integrations.analytics.posthog import PostHogClient, PostHogSettings
+from integrations.media.cloudinary_media import CloudinaryMedia
+from integrations.media.settings import CloudinarySettings
 from protocol.cursor import CursorCodec
 from storage.cache import Cache, MemoryCache, RedisCache
 from storage.changelog import ChangeLog
@@ -46,11 +50,18 @@ class Services:
     cursors: CursorCodec
     http: httpx.AsyncClient
     codes: CodeBook
+    media: CloudinaryMedia | None = None
+    analytics: PostHogClient | None = None
     live: LiveHub = field(init=False)
     redis: Redis | None = None
 
     def __post_init__(self) -> None:
         self.live = LiveHub(self)
+
+    def track(self, distinct_id: str, event: str, **properties: Any) -> None:
+        """Product analytics (PostHog), when configured; never blocks or fails a request."""
+        if self.analytics is not None:
+            self.analytics.capture(distinct_id, event, properties)
 
 
 @contextlib.asynccontextmanager
@@ -74,6 +85,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         pubsub = MemoryPubSub()
         refresh_tokens = DatabaseTokenStore(db, settings.refresh_token_seconds)
     feed = ChangeFeed(cache, pubsub, settings.head_cache_seconds)
+    cloudinary = CloudinarySettings.from_environ(settings.environ)
+    media = CloudinaryMedia(cloudinary) if cloudinary else None
+    posthog = PostHogSettings.from_environ(settings.environ)
+    for name, configured, variable in (
+        ("Cloudinary media", media, "CLOUDINARY_URL"),
+        ("PostHog analytics", posthog, "POSTHOG_API_KEY"),
+    ):
+        if not configured:
+            log.info("%s is off: %s is not set", name, variable)
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(10.0, connect=5.0), headers={"user-agent": "freshroots-sync/0.1"}
     )
@@ -91,6 +111,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         cursors=CursorCodec(settings.jwt_secret.encode()),
         http=http,
         codes=CodeBook(cache, settings.jwt_secret),
+        media=media,
+        analytics=PostHogClient(http, posthog) if posthog else None,
         redis=redis,
     )
     await pubsub.start()

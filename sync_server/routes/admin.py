@@ -6,6 +6,7 @@ admin route gets 403 whatever the body.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -13,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from integrations.media.cloudinary_media import is_valid_public_id
 from storage import listings as listing_store
 from storage import orders as order_store
 from storage.changelog import Tx
 from storage.scopes import Principal
-from sync_server.errors import NotFound, ValidationFailed
+from sync_server.errors import NotConfigured, NotFound, ValidationFailed
 from sync_server.http import (
     doc,
     json_response,
@@ -68,6 +70,11 @@ class NotesBody(msgspec.Struct, forbid_unknown_fields=True):
     notes: str | None = None
 
 
+class SignBody(msgspec.Struct, forbid_unknown_fields=True):
+    folder: str = "listings"
+    public_id: str | None = None
+
+
 def check_listing_values(values: dict[str, Any]) -> None:
     checks = {
         "title": lambda v: isinstance(v, str) and 1 <= len(v.strip()) <= 200,
@@ -77,10 +84,7 @@ def check_listing_values(values: dict[str, Any]) -> None:
         "status": lambda v: v in STATUSES,
         "category": lambda v: isinstance(v, str) and 1 <= len(v) <= 40,
         "description": lambda v: isinstance(v, str) and len(v) <= 5000,
-        "images": lambda v: (
-            len(v) <= 20
-            and all(isinstance(i, str) and 0 < len(i) <= 255 and " " not in i for i in v)
-        ),
+        "images": lambda v: len(v) <= 20 and all(is_valid_public_id(i) for i in v),
     }
     messages = {
         "title": "title must be 1 to 200 characters",
@@ -170,6 +174,9 @@ async def _decide(request: Request, admin: Principal, work: Any) -> Response:
         await work(tx, admin, order_id)
 
     await services.changelog.run(run)
+    services.track(
+        admin.user_id, f"admin {request.url.path.rsplit('/', 1)[-1]} order", order_id=order_id
+    )
     async with services.db.read() as conn:
         order = await order_with_items(conn, order_id)
     if order is None:
@@ -233,11 +240,35 @@ async def complete(request: Request) -> Response:
     )
 
 
+@doc(
+    "Cloudinary signed direct-upload parameters (valid one hour)",
+    auth="admin",
+    body=SignBody,
+    tag="admin",
+)
+async def sign_media(request: Request) -> Response:
+    await require_admin(request)
+    body = await read_json(request, SignBody)
+    media = services_of(request).media
+    if media is None:
+        raise NotConfigured("Image upload is off: CLOUDINARY_URL is not set.")
+    params: dict[str, str] = {"folder": f"freshroots/{body.folder}"}
+    if body.public_id is not None:
+        params["public_id"] = body.public_id
+    for name, value in params.items():
+        if not is_valid_public_id(value):
+            raise ValidationFailed(f"{name} has characters Cloudinary ids may not hold", field=name)
+    signed = media.sign_upload(params, now=int(time.time()))
+    upload_url = signed.pop("upload_url")
+    return json_response({"upload_url": upload_url, "params": signed})
+
+
 routes = [
     Route("/api/admin/listings", create_listing, methods=["POST"]),
     Route("/api/admin/listings/{listing_id}", patch_listing, methods=["PATCH"]),
     Route("/api/admin/listings/{listing_id}", delete_listing, methods=["DELETE"]),
     Route("/api/admin/orders", list_orders, methods=["GET"]),
+    Route("/api/admin/media/sign", sign_media, methods=["POST"]),
     Route("/api/admin/orders/{order_id}/approve", approve, methods=["PUT"]),
     Route("/api/admin/orders/{order_id}/reject", reject, methods=["PUT"]),
     Route("/api/admin/orders/{order_id}/mark-paid", mark_paid, methods=["PUT"]),

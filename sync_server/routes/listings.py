@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 import orjson
 from sqlalchemy import insert
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from integrations.media.cloudinary_media import is_valid_public_id, wants_low_bandwidth
 from storage.db import now_ms
 from storage.listings import ListingQuery, get_listing, search_listings
 from storage.models import SearchLog
@@ -49,8 +51,23 @@ async def bump_listings_generation(services: Services) -> str:
     return generation
 
 
-def _viewer_class(principal: Principal | None) -> str:
-    return "admin" if principal is not None and principal.is_admin else "public"
+def _viewer_class(request: Request, principal: Principal | None) -> str:
+    """What a cached page depends on besides the query: role, and image quality wanted."""
+    role = "admin" if principal is not None and principal.is_admin else "public"
+    return f"{role}:{'eco' if wants_low_bandwidth(request.headers) else 'full'}"
+
+
+def with_image_urls(services: Services, request: Request, item: dict[str, Any]) -> dict[str, Any]:
+    """Responsive Cloudinary URLs next to the public ids (smaller ones for Save-Data)."""
+    if services.media is None:
+        return item
+    low = wants_low_bandwidth(request.headers)
+    urls = [
+        services.media.image_urls(public_id, low_bandwidth=low)
+        for public_id in item["images"]
+        if is_valid_public_id(public_id)
+    ]
+    return {**item, "image_urls": urls}
 
 
 async def _cached(services: Services, key: str) -> bytes | None:
@@ -91,11 +108,13 @@ async def list_listings(request: Request) -> Response:
     if query.q is not None and len(query.q) > 200:
         query = ListingQuery(**{**query.__dict__, "q": query.q[:200]})
     fingerprint = hashlib.sha256(orjson.dumps(query.__dict__)).hexdigest()[:24]
-    key = f"listings:{await listings_generation(services)}:{_viewer_class(principal)}:{fingerprint}"
+    viewer = _viewer_class(request, principal)
+    key = f"listings:{await listings_generation(services)}:{viewer}:{fingerprint}"
     body = await _cached(services, key)
     if body is None:
         async with services.db.read() as conn:
             items, next_cursor = await search_listings(conn, services.db.dialect, principal, query)
+        items = [with_image_urls(services, request, item) for item in items]
         body = orjson.dumps({"items": items, "next_cursor": next_cursor})
         await _store(services, key, body)
         if query.q and query.cursor is None:
@@ -113,12 +132,13 @@ async def one_listing(request: Request) -> Response:
     services = services_of(request)
     principal = await optional_principal(request)
     listing_id = path_param(request, "listing_id")
-    key = f"listing:{await listings_generation(services)}:{_viewer_class(principal)}:{listing_id}"
+    viewer = _viewer_class(request, principal)
+    key = f"listing:{await listings_generation(services)}:{viewer}:{listing_id}"
     body = await _cached(services, key)
     if body is None:
         async with services.db.read() as conn:
             listing = await get_listing(conn, principal, listing_id)
-        body = orjson.dumps(listing)
+        body = orjson.dumps(with_image_urls(services, request, listing))
         await _store(services, key, body)
     return Response(body, media_type="application/json")
 

@@ -91,6 +91,14 @@ async def push_route(request: Request) -> Response:
     if not body.mutations:
         return json_response({"results": []})
     results = await push(services.changelog, principal, body.client_id, body.mutations)
+    names = {mutation.id: mutation.name for mutation in body.mutations}
+    for result in results:
+        services.track(
+            principal.user_id,
+            f"sync {names.get(result['id'], 'mutation')}",
+            ok=result["ok"],
+            code=result.get("error", {}).get("code"),
+        )
     return json_response({"results": results})
 
 
