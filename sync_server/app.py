@@ -120,9 +120,8 @@ def create_app(settings: Settings) -> Starlette:
                 if services.analytics is not None:
                     background.start_soon(services.analytics.run_periodic_flush, 5.0)
                 if settings.runs_outbox_worker:
-                    worker = OutboxWorker(
-                        services.db, build_channels(settings.environ), settings.outbox_poll_seconds
-                    )
+                    channels = build_channels(settings.environ, services.db, services.http)
+                    worker = OutboxWorker(services.db, channels, settings.outbox_poll_seconds)
                     services.feed.listeners.append(lambda _heads, _tables: _wake(worker))
                     background.start_soon(worker.run_forever)
                 background.start_soon(services.limiter.flush_periodically)

@@ -7,6 +7,7 @@ crash between "sent" and "recorded" is recognisable as the same message.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import smtplib
 import ssl
@@ -15,11 +16,18 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
+import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy import select, update
 
+from storage.db import Database, now_ms
+from storage.models import Device, OutboxItem
 from storage.outbox import Claimed, Outcome
+from sync_server.worker import Channel
 
 log = logging.getLogger("freshroots.channels")
 
@@ -70,15 +78,168 @@ def render(item: Claimed) -> EmailMessage:
     return message
 
 
-def build_channels(environ: Mapping[str, str]) -> list[EmailChannel]:
-    """The channels whose settings are present; each absent one is off (said once at start)."""
-    channels: list[EmailChannel] = []
+def build_channels(
+    environ: Mapping[str, str], db: Database, http: httpx.AsyncClient
+) -> list[Channel]:
+    """The channels whose settings are present; each absent one is off (said once at start).
+
+    Expo push needs no credentials (the access token is optional), so it is always on.
+    """
+    channels: list[Channel] = [PushChannel(ExpoSettings.from_environ(environ), db, http)]
     email = EmailSettings.from_environ(environ)
     if email is None:
         log.info("email channel off: SMTP_HOST is not set")
     else:
         channels.append(EmailChannel(email))
     return channels
+
+
+@dataclass(frozen=True)
+class ExpoSettings:
+    base_url: str = "https://exp.host"
+    access_token: str | None = field(default=None, repr=False)
+    receipt_delay_seconds: int = 900
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> ExpoSettings:
+        return cls(
+            base_url=(env.get("EXPO_PUSH_URL") or "https://exp.host").rstrip("/"),
+            access_token=env.get("EXPO_ACCESS_TOKEN") or None,
+            receipt_delay_seconds=int(env.get("PUSH_RECEIPT_DELAY_SECONDS", "900")),
+        )
+
+
+class PushChannel:
+    """Expo push: up to 100 messages a request, one ticket per message in order.
+
+    A ticket only says Expo accepted the message; the receipt, fetched later by
+    `check_receipts`, says whether Apple or Google took it. `DeviceNotRegistered` (the app
+    was uninstalled) deactivates the token at either stage, as Expo asks senders to do.
+    """
+
+    name = "push"
+    batch_size = 100
+    MAX_MESSAGE_BYTES = 4096
+
+    def __init__(self, settings: ExpoSettings, db: Database, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.db = db
+        self.http = http
+
+    def _headers(self, body: bytes) -> tuple[dict[str, str], bytes]:
+        headers = {
+            "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "content-type": "application/json",
+        }
+        if self.settings.access_token:
+            headers["authorization"] = f"Bearer {self.settings.access_token}"
+        if len(body) > 1024:  # as Expo's own SDKs do
+            headers["content-encoding"] = "gzip"
+            body = gzip.compress(body)
+        return headers, body
+
+    async def deliver(self, items: Sequence[Claimed]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        messages: list[dict[str, Any]] = []
+        sendable: list[Claimed] = []
+        for item in items:
+            message = {
+                "to": item.recipient,
+                "title": item.payload.get("title"),
+                "body": item.payload.get("body"),
+                "data": item.payload.get("data", {}),
+                "sound": "default",
+                "priority": "high",
+            }
+            if len(orjson.dumps(message)) > self.MAX_MESSAGE_BYTES:
+                outcomes[item.id] = Outcome("dead", error="MessageTooBig")
+                continue
+            messages.append(message)
+            sendable.append(item)
+        if messages:
+            headers, body = self._headers(orjson.dumps(messages))
+            response = await self.http.post(
+                f"{self.settings.base_url}/--/api/v2/push/send", content=body, headers=headers
+            )
+            if response.status_code == 429 or response.status_code >= 500:
+                retry_after = response.headers.get("retry-after")
+                wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+                for item in sendable:
+                    outcomes[item.id] = Outcome(
+                        "retry", error=f"HTTP {response.status_code}", retry_after=wait
+                    )
+            elif response.status_code != 200:
+                for item in sendable:
+                    outcomes[item.id] = Outcome("dead", error=response.text[:500])
+            else:
+                tickets = response.json().get("data", [])
+                for item, ticket in zip(sendable, tickets, strict=False):
+                    outcomes[item.id] = await self._ticket_outcome(item, ticket)
+        return [outcomes.get(item.id, Outcome("retry", error="no ticket")) for item in items]
+
+    async def _ticket_outcome(self, item: Claimed, ticket: dict[str, Any]) -> Outcome:
+        if ticket.get("status") == "ok":
+            return Outcome("sent", provider_ref=str(ticket.get("id")))
+        code = (ticket.get("details") or {}).get("error") or "error"
+        if code == "DeviceNotRegistered":
+            await deactivate_token(self.db, item.recipient)
+        if code == "MessageRateExceeded":
+            return Outcome("retry", error=code)
+        return Outcome("dead", error=f"{code}: {ticket.get('message', '')}"[:500])
+
+    async def check_receipts(self) -> int:
+        """Read the receipts of tickets old enough to have one (≤ 1,000 ids a request)."""
+        due = now_ms() - self.settings.receipt_delay_seconds * 1000
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(OutboxItem.provider_ref, OutboxItem.recipient)
+                    .where(
+                        OutboxItem.channel == "push",
+                        OutboxItem.status == "sent",
+                        OutboxItem.receipt_status.is_(None),
+                        OutboxItem.sent_at <= due,
+                        OutboxItem.provider_ref.is_not(None),
+                    )
+                    .limit(1000)
+                )
+            ).all()
+        if not rows:
+            return 0
+        headers, body = self._headers(orjson.dumps({"ids": [row[0] for row in rows]}))
+        response = await self.http.post(
+            f"{self.settings.base_url}/--/api/v2/push/getReceipts", content=body, headers=headers
+        )
+        if response.status_code != 200:
+            return 0
+        receipts = response.json().get("data", {})
+        token_of = {row[0]: row[1] for row in rows}
+        async with self.db.write() as conn:
+            for ticket_id, receipt in receipts.items():
+                code = (
+                    "ok"
+                    if receipt.get("status") == "ok"
+                    else ((receipt.get("details") or {}).get("error") or "error")
+                )
+                await conn.execute(
+                    update(OutboxItem)
+                    .where(OutboxItem.provider_ref == ticket_id)
+                    .values(receipt_status=code[:40])
+                )
+        for ticket_id, receipt in receipts.items():
+            if (receipt.get("details") or {}).get("error") == "DeviceNotRegistered":
+                await deactivate_token(self.db, token_of[ticket_id])
+        return len(receipts)
+
+
+async def deactivate_token(db: Database, token: str) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            update(Device)
+            .where(Device.expo_push_token == token)
+            .values(active=False, updated_at=now_ms())
+        )
 
 
 class EmailChannel:

@@ -177,19 +177,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level)
-    channels = build_channels(settings.environ)
-    print(
-        f"outbox worker: channels {', '.join(c.name for c in channels) or 'none'}; "
-        f"polling every {settings.outbox_poll_seconds:g}s",
-        file=sys.stderr,
-    )
 
     async def run() -> None:
+        import httpx
+
         db = Database(settings.database_url, pool_size=2)
-        try:
-            await OutboxWorker(db, channels, settings.outbox_poll_seconds).run_forever()
-        finally:
-            await db.dispose()
+        async with httpx.AsyncClient(timeout=20) as http:
+            channels = build_channels(settings.environ, db, http)
+            names = ", ".join(channel.name for channel in channels)
+            print(
+                f"outbox worker: channels {names}; polling every {settings.outbox_poll_seconds:g}s",
+                file=sys.stderr,
+            )
+            try:
+                await OutboxWorker(db, channels, settings.outbox_poll_seconds).run_forever()
+            finally:
+                await db.dispose()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

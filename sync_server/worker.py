@@ -54,10 +54,20 @@ class OutboxWorker:
             handled += len(items)
         return handled
 
+    async def check_receipts(self) -> None:
+        for channel in self.channels:
+            checker = getattr(channel, "check_receipts", None)
+            if checker is not None:
+                await checker()
+
     async def run_forever(self) -> None:
+        passes = 0
         while True:
+            passes += 1
             try:
                 handled = await self.run_once()
+                if passes % 30 == 0:  # receipts are read long after sending; no hurry
+                    await self.check_receipts()
             except Exception:
                 log.exception("outbox pass failed; retrying")
                 handled = 0

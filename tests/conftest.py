@@ -46,6 +46,8 @@ def _base_env() -> dict[str, str]:
         "RATE_LOGIN_FAILURES_PER_IP": "100000",
         "RATE_REGISTRATIONS_PER_IP": "100000",
         "LOG_LEVEL": "WARNING",
+        # No outside network here: point Expo at a closed local port so pushes fail fast.
+        "EXPO_PUSH_URL": "http://127.0.0.1:9",
     }
 
 
