@@ -12,7 +12,6 @@ anything else.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import json
 import logging
@@ -30,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "https://us.i.posthog.com"  # PostHog's US cloud ingestion host, as its SDKs use
 LIBRARY_NAME = "freshroots-server"
+_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,16 @@ class PostHogClient:
             raise ValueError("max_queue, batch_size and max_attempts must be at least 1")
         self._http = http
         self._settings = settings
-        self._queue: deque[dict[str, Any]] = deque()
-        self._max_queue = max_queue
+        # A bounded deque drops its oldest item on append, atomically, even across threads.
+        self._queue: deque[dict[str, Any]] = deque(maxlen=max_queue)
         self._batch_size = batch_size
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._timeout = timeout
         self._compress = compress
-        self._batch_ready = asyncio.Event()
         self.stats = PostHogStats()
+        self._last_flush_failed = False
 
     @property
     def queued(self) -> int:
@@ -104,8 +104,7 @@ class PostHogClient:
         timestamp: datetime | None = None,
     ) -> None:
         """Queue one event; never blocks, never raises for a full queue."""
-        if len(self._queue) >= self._max_queue:
-            self._queue.popleft()
+        if len(self._queue) == self._queue.maxlen:
             self.stats.dropped_overflow += 1
         self._queue.append(
             {
@@ -119,8 +118,6 @@ class PostHogClient:
             }
         )
         self.stats.captured += 1
-        if len(self._queue) >= self._batch_size:
-            self._batch_ready.set()
 
     async def flush(self) -> int:
         """Send what is queued; returns how many events PostHog accepted. Never raises.
@@ -138,20 +135,31 @@ class PostHogClient:
                 accepted = False
             if not accepted:
                 self.stats.dropped_failed += len(batch)
-                break
+                self._last_flush_failed = True
+                return delivered
             delivered += len(batch)
             self.stats.sent += len(batch)
-        if len(self._queue) < self._batch_size:
-            self._batch_ready.clear()
+        self._last_flush_failed = False
         return delivered
 
     async def run_periodic_flush(self, interval: float) -> None:
-        """Flush every `interval` seconds, or sooner when a full batch is waiting. Run it as a
-        background task and cancel it on shutdown (then `await flush()` once more if wanted)."""
+        """Flush every `interval` seconds, or sooner when a full batch is waiting (but never
+        sooner after a flush that gave up: an outage is not hammered). Run it as a background
+        task; cancel it on shutdown, then `await flush()` once more if wanted.
+
+        It polls the queue length rather than being woken by `capture()`, so `capture()` stays
+        safe to call from any thread (Starlette runs sync endpoints in a thread pool).
+        """
+        poll = min(interval, _POLL_SECONDS)
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._batch_ready.wait(), timeout=interval)
-            await self.flush()
+            await asyncio.sleep(poll)
+            due = loop.time() - last >= interval
+            batch_waiting = len(self._queue) >= self._batch_size and not self._last_flush_failed
+            if due or batch_waiting:
+                await self.flush()
+                last = loop.time()
 
     async def _send(self, batch: list[dict[str, Any]]) -> bool:
         """Post one batch with bounded retries: True if PostHog accepted it."""
@@ -177,13 +185,18 @@ class PostHogClient:
                 problem = f"HTTP {response.status_code}"
                 if response.status_code != 429 and response.status_code < 500:
                     # Bad key or payload: the same request will be refused again.
-                    logger.warning("posthog refused a batch (%s): %d events dropped",
-                                   problem, len(batch))
+                    logger.warning(
+                        "posthog refused a batch (%s): %d events dropped", problem, len(batch)
+                    )
                     return False
                 retry_after = _retry_after(response)
             if attempt == self._max_attempts:
-                logger.warning("posthog unreachable after %d attempts (%s): %d events dropped",
-                               attempt, problem, len(batch))
+                logger.warning(
+                    "posthog unreachable after %d attempts (%s): %d events dropped",
+                    attempt,
+                    problem,
+                    len(batch),
+                )
                 return False
             await asyncio.sleep(self._backoff(attempt, retry_after))
         return False

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-MAX_BODY_BYTES = 20 * 1024 * 1024  # PostHog's documented batch size limit
+MAX_BODY_BYTES = 20 * 1024 * 1024  # the batch size limit PostHog clients assume (20 MB)
 
 
 @dataclass

@@ -68,7 +68,9 @@ def test_captured_events_are_delivered_in_one_gzipped_batch() -> None:
             async with httpx.AsyncClient() as http:
                 client = PostHogClient(http, settings_for(base_url))
                 client.capture("device-1", "listing_viewed", {"listing_id": "L1"})
-                client.capture("device-1", "listing_search", {"query": "ananas", "results_count": 0})
+                client.capture(
+                    "device-1", "listing_search", {"query": "ananas", "results_count": 0}
+                )
                 client.capture("user-7", "purchase_initiated", {"order_id": "O9", "amount": 6000})
                 assert client.queued == 3
                 return await client.flush()
@@ -223,6 +225,29 @@ def test_periodic_flush_runs_in_the_background() -> None:
         assert [e["event"] for e in app.state.posthog.events] == ["listing_viewed"]
 
 
+def test_a_full_batch_is_flushed_before_the_interval() -> None:
+    app = create_posthog_standin(API_KEY)
+    with serve_in_thread(app) as base_url:
+
+        async def scenario() -> None:
+            async with httpx.AsyncClient() as http:
+                client = PostHogClient(http, settings_for(base_url), batch_size=2)
+                task = asyncio.create_task(client.run_periodic_flush(60))
+                # From another thread, as a sync Starlette endpoint would.
+                await asyncio.to_thread(client.capture, "d", "order_approved")
+                client.capture("d", "payment_completed")
+                for _ in range(100):
+                    if len(app.state.posthog.events) == 2:
+                        break
+                    await asyncio.sleep(0.02)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(scenario())
+        assert len(app.state.posthog.events) == 2
+
+
 def test_standin_checks_the_key_and_reads_gzip() -> None:
     with serve_in_thread(create_posthog_standin(API_KEY)) as base_url:
         body = {"api_key": API_KEY, "batch": [{"event": "x", "properties": {"distinct_id": "d"}}]}
@@ -235,7 +260,9 @@ def test_standin_checks_the_key_and_reads_gzip() -> None:
         wrong = httpx.post(f"{base_url}/batch/", json={**body, "api_key": "nope"})
         assert wrong.status_code == 401
         assert wrong.json()["code"] == "invalid_api_key"
-        no_id = httpx.post(f"{base_url}/batch/", json={"api_key": API_KEY, "batch": [{"event": "x"}]})
+        no_id = httpx.post(
+            f"{base_url}/batch/", json={"api_key": API_KEY, "batch": [{"event": "x"}]}
+        )
         assert no_id.status_code == 400
 
 

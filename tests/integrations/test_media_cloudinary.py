@@ -178,13 +178,15 @@ def test_signature_is_cloudinarys_sorted_params_plus_secret_sha1() -> None:
 
 def test_sign_upload_refuses_what_it_should_not_authorize() -> None:
     media = CloudinaryMedia(settings_for("http://127.0.0.1:9"))
-    for params in [
+    refused: list[dict[str, Any]] = [
         {"notification_url": "https://evil.example/hook"},
         {"timestamp": 1},
         {"api_key": "x"},
         {"public_id": "../../etc"},
         {"folder": "a b"},
-    ]:
+        {"tags": ["a,b"]},
+    ]
+    for params in refused:
         with pytest.raises(ValueError):
             media.sign_upload(params, now=1_700_000_000)
     with pytest.raises(ValueError):
