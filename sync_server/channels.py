@@ -11,6 +11,7 @@ import gzip
 import logging
 import smtplib
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -21,7 +22,7 @@ from typing import Any
 import anyio
 import httpx
 import orjson
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 from sqlalchemy import select, update
 
 from storage.db import Database, now_ms
@@ -120,11 +121,24 @@ class PushChannel:
     name = "push"
     batch_size = 100
     MAX_MESSAGE_BYTES = 4096
+    # Expo accepts 600 notifications a second per project; stay under it rather than be told.
+    MAX_PER_SECOND = 600
 
     def __init__(self, settings: ExpoSettings, db: Database, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.db = db
         self.http = http
+        self._window_start = 0.0
+        self._window_count = 0
+
+    async def _pace(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_count = now, 0
+        if self._window_count + count > self.MAX_PER_SECOND:
+            await anyio.sleep(1.0 - (now - self._window_start))
+            self._window_start, self._window_count = time.monotonic(), 0
+        self._window_count += count
 
     def _headers(self, body: bytes) -> tuple[dict[str, str], bytes]:
         headers = {
@@ -158,6 +172,7 @@ class PushChannel:
             messages.append(message)
             sendable.append(item)
         if messages:
+            await self._pace(len(messages))
             headers, body = self._headers(orjson.dumps(messages))
             response = await self.http.post(
                 f"{self.settings.base_url}/--/api/v2/push/send", content=body, headers=headers
@@ -262,7 +277,11 @@ class EmailChannel:
                 if settings.user:
                     smtp.login(settings.user, settings.password or "")
                 for item in items:
-                    message = render(item)
+                    try:
+                        message = render(item)
+                    except TemplateError as error:  # retrying cannot fix a broken template
+                        outcomes.append(Outcome("dead", error=f"template: {error}"[:500]))
+                        continue
                     message["From"] = settings.sender
                     try:
                         smtp.send_message(message)

@@ -126,3 +126,47 @@ def test_a_relay_outage_is_retried_later(backend: Backend, mailbox: tuple[Mailbo
         state, attempts, error = asyncio.run(status())
         assert state == "pending" and attempts >= 1 and error  # kept, with a later retry
     assert not box.messages
+
+
+def test_two_workers_racing_deliver_each_item_once(
+    backend: Backend, mailbox: tuple[Mailbox, int]
+) -> None:
+    """Claims are leases taken with FOR UPDATE SKIP LOCKED: concurrent workers never share."""
+    from storage.cache import MemoryCache
+    from storage.changelog import ChangeFeed, ChangeLog
+    from storage.outbox import enqueue
+    from storage.pubsub import MemoryPubSub
+    from sync_server.channels import EmailChannel, EmailSettings
+    from sync_server.worker import OutboxWorker
+
+    box, port = mailbox
+    tag = f"race-{time.time_ns()}"
+    recipients = [f"{tag}-{n}@example.mu" for n in range(60)]
+
+    async def race() -> None:
+        db_a, db_b = Database(backend.env["DATABASE_URL"]), Database(backend.env["DATABASE_URL"])
+        log = ChangeLog(db_a, ChangeFeed(MemoryCache(), MemoryPubSub(), 30))
+        async with log.transaction() as tx:
+            for address in recipients:
+                await enqueue(tx, "email", f"{tag}:{address}", address,
+                              {"template": "order_event", "title": "Race", "message": "hello"})
+        channel = EmailChannel(EmailSettings(host="127.0.0.1", port=port, starttls=False))
+        workers = [OutboxWorker(db, [channel], 0.05) for db in (db_a, db_b)]
+        channel.batch_size = 5  # small claims, many rounds: plenty of chances to collide
+
+        async def drain(worker: OutboxWorker) -> None:
+            for _ in range(200):
+                if await worker.run_once() == 0 and len(mine()) >= len(recipients):
+                    return
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(drain(worker) for worker in workers))
+        await db_a.dispose()
+        await db_b.dispose()
+
+    def mine() -> list[str]:
+        return [str(m["To"]) for m in box.messages if str(m["To"]).startswith(tag)]
+
+    asyncio.run(race())
+    delivered = mine()
+    assert sorted(delivered) == sorted(recipients)  # every one, none twice
