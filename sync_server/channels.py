@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -77,6 +77,15 @@ def render(item: Claimed) -> EmailMessage:
     message["Message-ID"] = make_msgid(idstring=f"outbox-{item.id}", domain="freshroots.mu")
     message.set_content(TEMPLATES.get_template(template).render(**context))
     return message
+
+
+class SmsSender(Protocol):
+    """Phone verification by SMS, later: the seam a provider (e.g. a Mauritian SMS gateway)
+    plugs into. No provider is wired yet, so phone numbers are stored but never verified."""
+
+    async def send(self, phone: str, text: str, *, idempotency_key: str) -> str:
+        """Send one message; returns the provider's message id."""
+        ...
 
 
 def build_channels(
