@@ -19,9 +19,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from storage import users
-from sync_server.errors import Forbidden, InvalidCredentials, InvalidToken
+from sync_server.errors import Forbidden, InvalidToken
 from sync_server.http import doc, json_response, read_json
-from sync_server.routes.auth import client_ip
+from sync_server.routes.auth import check_credentials
 from sync_server.services import Services, services_of
 
 REFRESH_COOKIE, CSRF_COOKIE = "fr_admin_refresh", "fr_admin_csrf"
@@ -75,26 +75,11 @@ def _check_csrf(request: Request) -> None:
 
 @doc("Dashboard sign-in: sets the HttpOnly refresh cookie", body=Credentials, tag="admin")
 async def sign_in(request: Request) -> Response:
-    services = services_of(request)
-    limits = services.limiter.limits
     body = await read_json(request, Credentials)
-    email = body.email.strip().lower()[:254]
-    account_key, ip_key = f"login-fail:acct:{email}", f"login-fail:ip:{client_ip(request)}"
-    await services.limiter.refuse_if_exhausted(
-        account_key, limits.login_failures_per_account, limits.login_failure_window
-    )
-    await services.limiter.refuse_if_exhausted(
-        ip_key, limits.login_failures_per_ip, limits.login_failure_window
-    )
-    async with services.db.read() as conn:
-        user = await users.find_by_email(conn, email)
-    if not await services.passwords.verify(body.password, user["password_hash"] if user else None):
-        await services.limiter.count(account_key, limits.login_failure_window)
-        await services.limiter.count(ip_key, limits.login_failure_window)
-        raise InvalidCredentials()
+    user = await check_credentials(request, body.email, body.password)
+    services = services_of(request)
     if user["role"] != "admin":
         raise Forbidden("The dashboard is for admins.")
-    await services.limiter.clear(account_key)
     return _session_response(services, dict(user), await services.refresh_tokens.issue(user["id"]))
 
 

@@ -79,28 +79,36 @@ async def register(request: Request) -> Response:
     return await session(services, user, 201)
 
 
-@doc("Sign in", body=LoginBody, tag="auth")
-async def login(request: Request) -> Response:
+async def check_credentials(request: Request, email: str, password: str) -> Any:
+    """The user behind a correct email and password; brute force is cut off per account (and,
+    generously, per IP) before any bcrypt work is spent on it."""
     services = services_of(request)
     limits = services.limiter.limits
-    body = await read_json(request, LoginBody)
-    email = body.email.strip().lower()[:254]
+    email = email.strip().lower()[:254]
     account_key, ip_key = f"login-fail:acct:{email}", f"login-fail:ip:{client_ip(request)}"
     message = "Too many failed sign-ins; wait before trying again."
+    window = limits.login_failure_window
     await services.limiter.refuse_if_exhausted(
-        account_key, limits.login_failures_per_account, limits.login_failure_window, message
+        account_key, limits.login_failures_per_account, window, message
     )
     await services.limiter.refuse_if_exhausted(
-        ip_key, limits.login_failures_per_ip, limits.login_failure_window, message
+        ip_key, limits.login_failures_per_ip, window, message
     )
     async with services.db.read() as conn:
         user = await users.find_by_email(conn, email)
-    if not await services.passwords.verify(body.password, user["password_hash"] if user else None):
-        await services.limiter.count(account_key, limits.login_failure_window)
-        await services.limiter.count(ip_key, limits.login_failure_window)
+    if not await services.passwords.verify(password, user["password_hash"] if user else None):
+        await services.limiter.count(account_key, window)
+        await services.limiter.count(ip_key, window)
         raise InvalidCredentials()
     await services.limiter.clear(account_key)
-    return await session(services, user, 200)
+    return user
+
+
+@doc("Sign in", body=LoginBody, tag="auth")
+async def login(request: Request) -> Response:
+    body = await read_json(request, LoginBody)
+    user = await check_credentials(request, body.email, body.password)
+    return await session(services_of(request), user, 200)
 
 
 @doc("Exchange a refresh token for a new pair (the old one is spent)", body=RefreshBody, tag="auth")
