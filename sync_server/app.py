@@ -42,6 +42,7 @@ from sync_server.routes import (
     orders,
     sync,
     watermelon,
+    webhooks,
     ws,
 )
 from sync_server.services import open_services
@@ -139,6 +140,7 @@ def create_app(settings: Settings) -> Starlette:
         *codes.routes,
         *admin.routes,
         *admin_reports.routes,
+        *webhooks.routes,
         *health.routes,
         *metrics.routes,
     ]

@@ -199,6 +199,67 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_facebook_parse(args: argparse.Namespace) -> int:
+    import orjson
+
+    from integrations.facebook.parser import feed_page_to_json_lines
+
+    try:
+        with open(args.feed, "rb") as handle:
+            page = orjson.loads(handle.read())
+    except (OSError, orjson.JSONDecodeError) as error:
+        print(f"cannot read {args.feed}: {error}", file=sys.stderr)
+        return 2
+    for line in feed_page_to_json_lines(page):
+        print(line)
+    return 0
+
+
+def cmd_facebook_import(args: argparse.Namespace) -> int:
+    import httpx
+
+    from integrations.facebook.graph import FacebookError, GraphClient
+    from integrations.facebook.parser import parse_feed_page
+    from integrations.facebook.settings import FacebookSettings
+    from storage.imports import import_posts
+
+    settings = _settings()
+    facebook = FacebookSettings.from_environ(settings.environ)
+    page_id = args.page_id or facebook.page_id
+    if not facebook.page_token or not page_id:
+        print("Set FACEBOOK_PAGE_TOKEN and FACEBOOK_PAGE_ID (or pass --page-id).", file=sys.stderr)
+        return 2
+
+    async def run(changelog: ChangeLog) -> int:
+        created = seen = 0
+        async with httpx.AsyncClient(timeout=30) as http:
+            graph = GraphClient(http, facebook)
+            batch: list[dict[str, object]] = []
+            try:
+                async for post in graph.iter_feed(page_id):
+                    batch.append(post)
+                    if len(batch) == 25 or (args.limit and seen + len(batch) >= args.limit):
+                        report = await import_posts(changelog, parse_feed_page({"data": batch}))
+                        seen, created = seen + report.posts, created + report.created
+                        print(f"  {seen} posts read, {created} drafts created", file=sys.stderr)
+                        batch = []
+                        if args.limit and seen >= args.limit:
+                            break
+                if batch:
+                    report = await import_posts(changelog, parse_feed_page({"data": batch}))
+                    seen, created = seen + report.posts, created + report.created
+            except FacebookError as error:
+                print(f"import stopped: {error}", file=sys.stderr)
+                return 1
+        print(
+            f"imported {seen} posts: {created} new draft listings (review and publish them "
+            f"in the dashboard)"
+        )
+        return 0
+
+    return asyncio.run(_with_changelog(settings, run))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshroots",
@@ -245,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="deliver queued notifications (push, email); several may run"
     )
     worker.set_defaults(run=cmd_worker)
+
+    facebook = commands.add_parser("facebook", help="import listings from the farm's Page")
+    facebook_commands = facebook.add_subparsers(
+        dest="facebook_command", required=True, metavar="ACTION"
+    )
+    parse = facebook_commands.add_parser(
+        "parse", help="print the drafts a Graph API feed page (JSON file) would create"
+    )
+    parse.add_argument("feed", help="a /{page-id}/feed answer saved as JSON")
+    parse.set_defaults(run=cmd_facebook_parse)
+    fb_import = facebook_commands.add_parser(
+        "import", help="read the Page feed through the Graph API and create draft listings"
+    )
+    fb_import.add_argument("--page-id", default=None, help="default: FACEBOOK_PAGE_ID")
+    fb_import.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")
+    fb_import.set_defaults(run=cmd_facebook_import)
 
     admin = commands.add_parser("create-admin", help="create an admin, or promote a user")
     admin.add_argument("--email", required=True)

@@ -1,0 +1,87 @@
+"""Webhooks from providers. Facebook: the Page feed changed → import the post as drafts."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from integrations.facebook.graph import FacebookError, FacebookUnavailable, GraphClient
+from integrations.facebook.parser import parse_feed_page
+from integrations.facebook.settings import FacebookSettings
+from integrations.facebook.webhook import changed_posts, handshake, verify_signature
+from storage.imports import import_posts
+from sync_server.errors import Forbidden, MalformedJSON, NotConfigured, ServiceUnavailable
+from sync_server.http import doc
+from sync_server.services import services_of
+
+log = logging.getLogger("freshroots.webhooks")
+
+
+def _facebook(request: Request) -> FacebookSettings:
+    settings = FacebookSettings.from_environ(services_of(request).settings.environ)
+    if not settings.can_receive_webhooks:
+        raise NotConfigured(
+            "Facebook webhooks are off: set FACEBOOK_APP_SECRET and FACEBOOK_VERIFY_TOKEN."
+        )
+    return settings
+
+
+@doc(
+    "Facebook webhook subscription handshake",
+    tag="webhooks",
+    query=("hub.mode", "hub.verify_token", "hub.challenge"),
+)
+async def facebook_verify(request: Request) -> Response:
+    settings = _facebook(request)
+    challenge = handshake(request.query_params, settings.verify_token or "")
+    if challenge is None:
+        raise Forbidden("Wrong verify token.", code="verify_token_mismatch")
+    return PlainTextResponse(challenge)
+
+
+@doc("Facebook Page feed changes (signed with the app secret)", tag="webhooks")
+async def facebook_event(request: Request) -> Response:
+    settings = _facebook(request)
+    raw = await request.body()
+    if not verify_signature(
+        settings.app_secret or "", raw, request.headers.get("x-hub-signature-256")
+    ):
+        raise Forbidden("The X-Hub-Signature-256 does not match.", code="bad_signature")
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJSON() from None
+    wanted = [post_id for post_id, verb in changed_posts(payload) if verb in ("add", "edited")]
+    if not wanted:
+        return PlainTextResponse("ok")
+    if not settings.can_read:
+        log.warning("feed change received but FACEBOOK_PAGE_TOKEN is not set")
+        return PlainTextResponse("ok")
+    services = services_of(request)
+    graph = GraphClient(services.http, settings, max_attempts=3)
+    posts = []
+    try:
+        for post_id in wanted[:25]:
+            posts.append(await graph.get_post(post_id))
+    except FacebookUnavailable:
+        # Facebook retries a webhook that did not get a 200: exactly what we want here.
+        raise ServiceUnavailable("The Graph API is unavailable; retry the delivery.") from None
+    except FacebookError as error:
+        log.warning("facebook import skipped: %s", error)
+        return PlainTextResponse("ok")
+    report = await import_posts(services.changelog, parse_feed_page({"data": posts}))
+    log.info(
+        "facebook webhook import",
+        extra={"created": report.created, "already": report.already_imported},
+    )
+    return PlainTextResponse("ok")
+
+
+routes = [
+    Route("/api/webhooks/facebook", facebook_verify, methods=["GET"]),
+    Route("/api/webhooks/facebook", facebook_event, methods=["POST"]),
+]

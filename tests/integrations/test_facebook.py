@@ -1,0 +1,164 @@
+"""Facebook import: the parser (our fixtures and the shared sample), the Graph client against a
+stand-in Graph API over real HTTP, the signed webhook, and the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from integrations.facebook.graph import FacebookTokenExpired, GraphClient
+from integrations.facebook.parser import parse_feed_page, parse_message
+from integrations.facebook.settings import FacebookSettings
+from integrations.facebook.standin import GraphState, create_graph_standin
+from integrations.facebook.webhook import changed_posts, handshake, verify_signature
+from sync_server.app import create_app
+from tests.conftest import ADMIN_PASSWORD, Backend
+from tests.support.api import login
+from tests.support.live_server import serve_in_thread
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "facebook" / "posts.json"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def plain(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", text.lower())
+                   if unicodedata.category(c) != "Mn")
+
+
+def matches(got: list[tuple[str, int, str]], expected: list[Any]) -> bool:
+    return len(got) == len(expected) and all(
+        price == want[1] and unit == want[2] and all(w in plain(title) for w in
+                                                     plain(want[0]).split())
+        for (title, price, unit), want in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("case", json.loads(FIXTURES.read_text()),
+                         ids=lambda case: case["message"][:30])
+def test_parser_on_our_own_posts(case: dict[str, Any]) -> None:
+    got = [(d.title, d.price, d.unit) for d in parse_message(case["message"])]
+    assert matches(got, case["expect"]), got
+
+
+def test_parser_on_the_shared_sample() -> None:
+    if not (SHARED / "facebook_feed_sample.json").exists():
+        pytest.skip("../shared/data is not beside this clone")
+    page = json.loads((SHARED / "facebook_feed_sample.json").read_text())
+    expected = {e["post_id"]: e["listings"] for e in
+                json.loads((SHARED / "facebook_feed_sample.expected.json").read_text())}
+    misses = []
+    for post in parse_feed_page(page):
+        got = [(d.title, d.price, d.unit) for d in post.drafts]
+        want = [[x["title"], x["price"], x["unit"]] for x in expected[post.post_id]]
+        if not matches(got, want):
+            misses.append((post.post_id, got, want))
+    assert misses == []
+
+
+def test_cli_parse_prints_one_object_per_post(tmp_path: Path) -> None:
+    feed = {"data": [{"id": "p_1", "message": "Lalo Rs 90/kg"}, {"id": "p_2", "message": "Hi!"}]}
+    path = tmp_path / "feed.json"
+    path.write_bytes(orjson.dumps(feed))
+    output = subprocess.run([sys.executable, "-m", "sync_server.cli", "facebook", "parse",
+                             str(path)], capture_output=True, text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in output.stdout.splitlines()]
+    assert lines == [{"post_id": "p_1", "listings": [{"title": "Lalo", "price": 9000,
+                                                       "unit": "kg"}]},
+                     {"post_id": "p_2", "listings": []}]
+
+
+def posts(count: int) -> list[dict[str, Any]]:
+    return [{"id": f"104857600012345_{n}", "message": f"Brède {n} Rs {20 + n} la botte",
+             "created_time": "2026-11-20T06:00:00+0000",
+             "permalink_url": f"https://www.facebook.com/freshroots/posts/{n}"}
+            for n in range(count)]
+
+
+def read_feed(base_url: str, token: str, sleeps: list[float]) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        settings = FacebookSettings(graph_url=base_url, page_token=token)
+
+        async def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+
+        async with httpx.AsyncClient() as http:
+            client = GraphClient(http, settings, sleep=sleep)
+            return [post async for post in client.iter_feed("104857600012345", page_size=2)]
+
+    return asyncio.run(run())
+
+
+def test_graph_client_pages_through_empty_pages_and_backs_off() -> None:
+    state = GraphState(posts=posts(5), token="page-token", rate_limit_next=1,
+                       regain_minutes=2, fail_next=1)
+    sleeps: list[float] = []
+    with serve_in_thread(create_graph_standin(state)) as base_url:
+        got = read_feed(base_url, "page-token", sleeps)
+    assert [p["id"] for p in got] == [p["id"] for p in posts(5)]
+    assert any("was_empty" in url for url in state.requests)  # went through the empty page
+    assert 120.0 in sleeps  # waited the advertised estimated_time_to_regain_access
+    state.usage_percent = 95
+    sleeps.clear()
+    with serve_in_thread(create_graph_standin(state)) as base_url:
+        read_feed(base_url, "page-token", sleeps)
+    assert sleeps and all(s > 0 for s in sleeps)  # slowed down near the allowance
+
+
+def test_graph_client_stops_on_an_expired_token() -> None:
+    state = GraphState(posts=posts(3), token="page-token")
+    with serve_in_thread(create_graph_standin(state)) as base_url:
+        with pytest.raises(FacebookTokenExpired, match="FACEBOOK_PAGE_TOKEN"):
+            read_feed(base_url, "stale-token", [])
+
+
+def test_signature_and_handshake() -> None:
+    body = b'{"entry": []}'
+    good = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
+    assert verify_signature("app-secret", body, good)
+    assert not verify_signature("app-secret", body + b" ", good)
+    assert not verify_signature("app-secret", body, None)
+    params = {"hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "42"}
+    assert handshake(params, "vt") == "42" and handshake(params, "nope") is None
+    payload = {"entry": [{"changes": [{"field": "feed", "value": {
+        "post_id": "1_2", "verb": "add", "item": "status"}}]}]}
+    assert changed_posts(payload) == [("1_2", "add")]
+
+
+def test_signed_webhook_imports_drafts_once(backend: Backend, admin_email: str) -> None:
+    feed = [{"id": "104857600012345_777", "message": "Giraumon Rs 35/kg, Calebasse Rs 45 pièce",
+             "permalink_url": "https://www.facebook.com/freshroots/posts/777"}]
+    state = GraphState(posts=feed, token="page-token")
+    with serve_in_thread(create_graph_standin(state)) as graph:
+        settings = backend.settings(FACEBOOK_GRAPH_URL=graph, FACEBOOK_PAGE_TOKEN="page-token",
+                                    FACEBOOK_APP_SECRET="app-secret", FACEBOOK_VERIFY_TOKEN="vt")
+        with serve_in_thread(create_app(settings)) as base_url:
+            check = httpx.get(f"{base_url}/api/webhooks/facebook", params={
+                "hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "1158201444"})
+            assert check.status_code == 200 and check.text == "1158201444"
+            body = orjson.dumps({"object": "page", "entry": [{"id": "104857600012345",
+                                 "changes": [{"field": "feed", "value": {
+                                     "post_id": "104857600012345_777", "verb": "add",
+                                     "item": "status"}}]}]})
+            signature = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
+            forged = httpx.post(f"{base_url}/api/webhooks/facebook", content=body,
+                                headers={"x-hub-signature-256": "sha256=00"})
+            assert forged.status_code == 403
+            for _ in range(2):  # Facebook may deliver the same change twice
+                delivered = httpx.post(f"{base_url}/api/webhooks/facebook", content=body,
+                                       headers={"x-hub-signature-256": signature})
+                assert delivered.status_code == 200
+            admin = login(base_url, admin_email, ADMIN_PASSWORD)
+            mine = [item for item in admin.get("/api/listings", params={"limit": 100}).json()[
+                "items"] if "posts/777" in item["description"]]
+    assert sorted((i["title"], i["price"], i["unit"], i["status"]) for i in mine) == [
+        ("Calebasse", 4500, "piece", "draft"), ("Giraumon", 3500, "kg", "draft")]
