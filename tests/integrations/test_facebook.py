@@ -116,9 +116,9 @@ def test_graph_client_pages_through_empty_pages_and_backs_off() -> None:
 
 def test_graph_client_stops_on_an_expired_token() -> None:
     state = GraphState(posts=posts(3), token="page-token")
-    with serve_in_thread(create_graph_standin(state)) as base_url:
-        with pytest.raises(FacebookTokenExpired, match="FACEBOOK_PAGE_TOKEN"):
-            read_feed(base_url, "stale-token", [])
+    with (serve_in_thread(create_graph_standin(state)) as base_url,
+          pytest.raises(FacebookTokenExpired, match="FACEBOOK_PAGE_TOKEN")):
+        read_feed(base_url, "stale-token", [])
 
 
 def test_signature_and_handshake() -> None:
