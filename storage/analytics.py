@@ -36,25 +36,38 @@ async def report(conn: AsyncConnection, dialect: str, since: int, until: int) ->
     in_range = (Order.created_at >= since) & (Order.created_at < until)
     day = day_of(Order.created_at, dialect).label("day")
     per_day = (
-        await conn.execute(
-            select(
-                day,
-                func.count().label("orders"),
-                func.coalesce(func.sum(case((Order.status.in_(REVENUE_STATUSES), Order.total),
-                                            else_=0)), 0).label("revenue"),
-            ).where(in_range).group_by(day).order_by(day)
+        (
+            await conn.execute(
+                select(
+                    day,
+                    func.count().label("orders"),
+                    func.coalesce(
+                        func.sum(case((Order.status.in_(REVENUE_STATUSES), Order.total), else_=0)),
+                        0,
+                    ).label("revenue"),
+                )
+                .where(in_range)
+                .group_by(day)
+                .order_by(day)
+            )
         )
-    ).mappings().all()
+        .mappings()
+        .all()
+    )
 
     decided = (
-        await conn.execute(
-            select(
-                func.count().filter(Order.approved_at.is_not(None)).label("approved"),
-                func.count().filter(Order.status == "rejected").label("rejected"),
-                func.avg(Order.approved_at - Order.created_at).label("approve_ms"),
-            ).where(in_range)
+        (
+            await conn.execute(
+                select(
+                    func.count().filter(Order.approved_at.is_not(None)).label("approved"),
+                    func.count().filter(Order.status == "rejected").label("rejected"),
+                    func.avg(Order.approved_at - Order.created_at).label("approve_ms"),
+                ).where(in_range)
+            )
         )
-    ).mappings().one()
+        .mappings()
+        .one()
+    )
     decisions = int(decided["approved"]) + int(decided["rejected"])
 
     interested = func.count(distinct(InterestExpression.user_id)).label("interested")
@@ -72,52 +85,81 @@ async def report(conn: AsyncConnection, dialect: str, since: int, until: int) ->
             await conn.execute(
                 select(func.count(distinct(Order.user_id)))
                 .join(OrderItem, OrderItem.order_id == Order.id)
-                .join(InterestExpression, (InterestExpression.user_id == Order.user_id)
-                      & (InterestExpression.listing_id == OrderItem.listing_id))
-                .where(OrderItem.listing_id == listing_id, in_range,
-                       Order.created_at >= InterestExpression.created_at)
+                .join(
+                    InterestExpression,
+                    (InterestExpression.user_id == Order.user_id)
+                    & (InterestExpression.listing_id == OrderItem.listing_id),
+                )
+                .where(
+                    OrderItem.listing_id == listing_id,
+                    in_range,
+                    Order.created_at >= InterestExpression.created_at,
+                )
             )
         ).scalar_one()
-        conversion.append({"listing_id": listing_id, "title": title, "interested": people,
-                           "purchased": int(bought),
-                           "rate": round(int(bought) / people, 3) if people else 0.0})
+        conversion.append(
+            {
+                "listing_id": listing_id,
+                "title": title,
+                "interested": people,
+                "purchased": int(bought),
+                "rate": round(int(bought) / people, 3) if people else 0.0,
+            }
+        )
 
     quantity = func.sum(OrderItem.quantity).label("quantity")
     top = (
-        await conn.execute(
-            select(OrderItem.listing_id, Listing.title, quantity,
-                   func.sum(OrderItem.quantity * OrderItem.price).label("revenue"))
-            .join(Order, Order.id == OrderItem.order_id)
-            .join(Listing, Listing.id == OrderItem.listing_id)
-            .where(in_range, Order.status.in_(REVENUE_STATUSES))
-            .group_by(OrderItem.listing_id, Listing.title)
-            .order_by(quantity.desc())
-            .limit(10)
+        (
+            await conn.execute(
+                select(
+                    OrderItem.listing_id,
+                    Listing.title,
+                    quantity,
+                    func.sum(OrderItem.quantity * OrderItem.price).label("revenue"),
+                )
+                .join(Order, Order.id == OrderItem.order_id)
+                .join(Listing, Listing.id == OrderItem.listing_id)
+                .where(in_range, Order.status.in_(REVENUE_STATUSES))
+                .group_by(OrderItem.listing_id, Listing.title)
+                .order_by(quantity.desc())
+                .limit(10)
+            )
         )
-    ).mappings().all()
+        .mappings()
+        .all()
+    )
 
     searches = func.count().label("searches")
     empty_searches = (
-        await conn.execute(
-            select(func.lower(SearchLog.query).label("query"), searches)
-            .where(SearchLog.results == 0, SearchLog.created_at >= since,
-                   SearchLog.created_at < until)
-            .group_by(func.lower(SearchLog.query))
-            .order_by(searches.desc())
-            .limit(20)
+        (
+            await conn.execute(
+                select(func.lower(SearchLog.query).label("query"), searches)
+                .where(
+                    SearchLog.results == 0,
+                    SearchLog.created_at >= since,
+                    SearchLog.created_at < until,
+                )
+                .group_by(func.lower(SearchLog.query))
+                .order_by(searches.desc())
+                .limit(20)
+            )
         )
-    ).mappings().all()
+        .mappings()
+        .all()
+    )
 
     active_devices = (
         await conn.execute(
-            select(func.count()).select_from(Device).where(
-                Device.active.is_(True), Device.updated_at >= since)
+            select(func.count())
+            .select_from(Device)
+            .where(Device.active.is_(True), Device.updated_at >= since)
         )
     ).scalar_one()
     actions = (
         await conn.execute(
-            select(func.count()).select_from(AdminAction).where(
-                AdminAction.created_at >= since, AdminAction.created_at < until)
+            select(func.count())
+            .select_from(AdminAction)
+            .where(AdminAction.created_at >= since, AdminAction.created_at < until)
         )
     ).scalar_one()
 
@@ -127,7 +169,8 @@ async def report(conn: AsyncConnection, dialect: str, since: int, until: int) ->
         "orders_per_day": [dict(row) for row in per_day],
         "approval_rate": round(int(decided["approved"]) / decisions, 3) if decisions else None,
         "mean_time_to_approve_seconds": (
-            round(float(decided["approve_ms"]) / 1000, 1) if decided["approve_ms"] else None),
+            round(float(decided["approve_ms"]) / 1000, 1) if decided["approve_ms"] else None
+        ),
         "interest_conversion": conversion,
         "top_listings": [dict(row) for row in top],
         "searches_without_results": [dict(row) for row in empty_searches],

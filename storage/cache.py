@@ -24,6 +24,7 @@ class Cache(Protocol):
     async def pop(self, key: str) -> bytes | None:
         """Get and delete in one step."""
         ...
+
     async def incr(self, key: str, ttl: int) -> int:
         """Increment a counter that expires `ttl` seconds after it was created."""
         ...

@@ -302,6 +302,11 @@ async def cancel_order(tx: Tx, actor: Principal, order_id: str) -> dict[str, Any
     return {"order_id": order_id, "status": "cancelled"}
 
 
+async def set_order_paid(tx: Tx, order_id: str) -> None:
+    """A verified online payment: approved → paid (the notification is written by the caller)."""
+    await _transition(tx, order_id, ("approved",), "paid", payment_status="paid")
+
+
 async def set_payment_state(
     tx: Tx, admin: Principal, order_id: str, action: str, notes: str | None
 ) -> None:

@@ -40,6 +40,7 @@ from sync_server.routes import (
     listings,
     metrics,
     orders,
+    payments,
     sync,
     watermelon,
     webhooks,
@@ -141,6 +142,7 @@ def create_app(settings: Settings) -> Starlette:
         *admin.routes,
         *admin_reports.routes,
         *webhooks.routes,
+        *payments.routes,
         *health.routes,
         *metrics.routes,
     ]

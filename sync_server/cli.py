@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, TypeVar
 from sync_server.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from storage.changelog import ChangeLog
+    from integrations.payments.base import VerifiedNotification
+    from storage.changelog import ChangeLog, Tx
 
 T = TypeVar("T")
 
@@ -260,6 +262,64 @@ def cmd_facebook_import(args: argparse.Namespace) -> int:
     return asyncio.run(_with_changelog(settings, run))
 
 
+async def _apply_verified(tx: Tx, note: VerifiedNotification) -> tuple[str, str | None]:
+    from storage.payments import apply_notification
+
+    return await apply_notification(tx, note)
+
+
+def cmd_payments_reconcile(args: argparse.Namespace) -> int:
+    import httpx
+    from sqlalchemy import select
+
+    from integrations.payments.base import PaymentProviderUnavailable
+    from integrations.payments.mips import MipsProvider
+    from integrations.payments.settings import MipsSettings
+    from storage.models import PaymentEvent
+    from storage.payments import expire_stale_attempts, mark_event
+
+    settings = _settings()
+    mips = MipsSettings.from_environ(settings.environ)
+
+    async def run(changelog: ChangeLog) -> int:
+        settled = 0
+        if mips is not None:
+            async with changelog.db.read() as conn:
+                waiting = (
+                    await conn.execute(
+                        select(PaymentEvent.id, PaymentEvent.raw).where(
+                            PaymentEvent.outcome == "verify_pending"
+                        )
+                    )
+                ).all()
+            async with httpx.AsyncClient(timeout=20) as http:
+                provider = MipsProvider(http, mips)
+                for event_id, raw in waiting:
+                    try:
+                        note = await provider.verify_notification(raw)
+                    except PaymentProviderUnavailable:
+                        print("gateway still unavailable; run again later", file=sys.stderr)
+                        return 1
+                    if note is None:
+                        await mark_event(changelog.db, event_id, "unverified", None)
+                        continue
+                    outcome, payment_id = await changelog.run(
+                        functools.partial(_apply_verified, note=note)
+                    )
+                    await mark_event(changelog.db, event_id, outcome, payment_id)
+                    settled += 1
+            print(f"re-verified {len(waiting)} stored notifications, {settled} applied")
+        else:
+            print("online payments are off (MIPS_API_URL not set): nothing to re-verify")
+        hours = args.older_than_hours
+        async with changelog.transaction() as tx:
+            expired = await expire_stale_attempts(tx, int(hours * 3_600_000))
+        print(f"{expired} unpaid attempts older than {hours:g} h marked failed")
+        return 0
+
+    return asyncio.run(_with_changelog(settings, run))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshroots",
@@ -322,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     fb_import.add_argument("--page-id", default=None, help="default: FACEBOOK_PAGE_ID")
     fb_import.add_argument("--limit", type=int, default=0, help="stop after N posts (0: all)")
     fb_import.set_defaults(run=cmd_facebook_import)
+
+    payments = commands.add_parser("payments", help="settle online payments")
+    payment_commands = payments.add_subparsers(
+        dest="payments_command", required=True, metavar="ACTION"
+    )
+    reconcile = payment_commands.add_parser(
+        "reconcile",
+        help="re-verify notifications stored during a gateway outage and expire "
+        "attempts nobody paid",
+    )
+    reconcile.add_argument("--older-than-hours", type=float, default=24.0)
+    reconcile.set_defaults(run=cmd_payments_reconcile)
 
     admin = commands.add_parser("create-admin", help="create an admin, or promote a user")
     admin.add_argument("--email", required=True)

@@ -19,6 +19,9 @@ from starlette.requests import HTTPConnection
 from integrations.analytics.posthog import PostHogClient, PostHogSettings
 from integrations.media.cloudinary_media import CloudinaryMedia
 from integrations.media.settings import CloudinarySettings
+from integrations.payments.base import PaymentProvider
+from integrations.payments.mips import MipsProvider
+from integrations.payments.settings import MipsSettings
 from protocol.cursor import CursorCodec
 from storage.cache import Cache, MemoryCache, RedisCache
 from storage.changelog import ChangeLog
@@ -51,6 +54,7 @@ class Services:
     http: httpx.AsyncClient
     codes: CodeBook
     media: CloudinaryMedia | None = None
+    payments: PaymentProvider | None = None
     analytics: PostHogClient | None = None
     live: LiveHub = field(init=False)
     redis: Redis | None = None
@@ -88,8 +92,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     cloudinary = CloudinarySettings.from_environ(settings.environ)
     media = CloudinaryMedia(cloudinary) if cloudinary else None
     posthog = PostHogSettings.from_environ(settings.environ)
+    mips = MipsSettings.from_environ(settings.environ)
     for name, configured, variable in (
         ("Cloudinary media", media, "CLOUDINARY_URL"),
+        ("Online payments", mips, "MIPS_API_URL"),
         ("PostHog analytics", posthog, "POSTHOG_API_KEY"),
     ):
         if not configured:
@@ -112,6 +118,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         http=http,
         codes=CodeBook(cache, settings.jwt_secret),
         media=media,
+        payments=MipsProvider(http, mips) if mips else None,
         analytics=PostHogClient(http, posthog) if posthog else None,
         redis=redis,
     )
