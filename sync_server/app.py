@@ -21,9 +21,12 @@ from integrations.analytics.sentry import init_sentry
 from storage.changelog import prune
 from storage.db import Database
 from storage.migrate import pending_message
+from storage.outbox import stats as outbox_stats
+from storage.pull import log_head
 from sync_server.channels import build_channels
 from sync_server.errors import FreshRootsError, error_response
 from sync_server.http import json_response
+from sync_server.metrics import Metrics
 from sync_server.middleware import (
     BodyMiddleware,
     CompressionMiddleware,
@@ -46,7 +49,7 @@ from sync_server.routes import (
     webhooks,
     ws,
 )
-from sync_server.services import open_services
+from sync_server.services import Services, open_services
 from sync_server.settings import Settings
 from sync_server.worker import OutboxWorker
 
@@ -76,6 +79,20 @@ async def on_http_error(request: Request, error: Exception) -> Response:
 async def on_crash(request: Request, error: Exception) -> Response:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(FreshRootsError())
+
+
+async def refresh_gauges(services: Services, metrics: Metrics) -> None:
+    figures = await outbox_stats(services.db)
+    for status in ("pending", "sending", "sent", "dead"):
+        metrics.outbox_items.labels(status).set(figures[status])
+    metrics.outbox_lag.set(figures["lag_seconds"])
+    pool = services.db.engine.pool
+    checked_out = getattr(pool, "checkedout", None)
+    metrics.db_pool_in_use.set(checked_out() if callable(checked_out) else 0)
+    metrics.live_sessions.set(len(services.live.sessions))
+    metrics.live_overflows.set(services.live.overflows)
+    async with services.db.read() as conn:
+        metrics.changelog_head.set(await log_head(conn))
 
 
 async def _wake(worker: OutboxWorker) -> None:
@@ -109,6 +126,8 @@ def create_app(settings: Settings) -> Starlette:
             raise SchemaNotReady(problem)
         async with open_services(settings) as services:
             app.state.services = services
+            app.state.metrics = app_metrics
+            app_metrics.refresh = lambda: refresh_gauges(services, app_metrics)
 
             async def refresh_listing_caches(_heads: dict[str, int], tables: set[str]) -> None:
                 if "listings" in tables:
@@ -123,13 +142,16 @@ def create_app(settings: Settings) -> Starlette:
                     background.start_soon(services.analytics.run_periodic_flush, 5.0)
                 if settings.runs_outbox_worker:
                     channels = build_channels(settings.environ, services.db, services.http)
-                    worker = OutboxWorker(services.db, channels, settings.outbox_poll_seconds)
+                    worker = OutboxWorker(
+                        services.db, channels, settings.outbox_poll_seconds, metrics=app_metrics
+                    )
                     services.feed.listeners.append(lambda _heads, _tables: _wake(worker))
                     background.start_soon(worker.run_forever)
                 background.start_soon(services.limiter.flush_periodically)
                 yield
                 background.cancel_scope.cancel()
 
+    app_metrics = Metrics()
     # Sync first: the router tries routes in order and background sync is most of the traffic.
     api_routes = [
         *sync.routes,
@@ -172,7 +194,9 @@ def create_app(settings: Settings) -> Starlette:
         else []
     )
     middleware = [
-        Middleware(RequestEdgeMiddleware, dashboard_csp=dashboard_policy(settings)),
+        Middleware(
+            RequestEdgeMiddleware, dashboard_csp=dashboard_policy(settings), metrics=app_metrics
+        ),
         *cors,
         Middleware(CompressionMiddleware),
         Middleware(BodyMiddleware, max_bytes=settings.max_body_bytes),

@@ -16,6 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sync_server.errors import PayloadTooLarge, UnsupportedMediaType, error_response
+from sync_server.metrics import Metrics
 
 access_log = logging.getLogger("freshroots.access")
 
@@ -37,8 +38,14 @@ class RequestEdgeMiddleware:
     """Per request: an id, security headers, and one structured access-log line
     (method, route, status, duration, request id, user id)."""
 
-    def __init__(self, app: ASGIApp, dashboard_csp: str = "default-src 'self'") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        dashboard_csp: str = "default-src 'self'",
+        metrics: Metrics | None = None,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.dashboard_csp = (b"content-security-policy", dashboard_csp.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,8 +81,16 @@ class RequestEdgeMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            route = scope.get("route")
+            if self.metrics is not None:
+                # The route template, never the raw path: ids would explode label cardinality.
+                self.metrics.observe(
+                    scope["method"],
+                    getattr(route, "path", "unmatched"),
+                    status,
+                    time.perf_counter() - started,
+                )
             if access_log.isEnabledFor(logging.INFO):
-                route = scope.get("route")
                 access_log.info(
                     "request",
                     extra={

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from storage.db import Database
 from storage.outbox import Claimed, Outcome, claim, record
+from sync_server.metrics import Metrics
 
 log = logging.getLogger("freshroots.worker")
 
@@ -28,8 +29,16 @@ class Channel(Protocol):
 
 
 class OutboxWorker:
-    def __init__(self, db: Database, channels: Sequence[Channel], poll_seconds: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        channels: Sequence[Channel],
+        poll_seconds: float,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.db = db
+        self.metrics = metrics
         self.channels = list(channels)
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
@@ -51,6 +60,8 @@ class OutboxWorker:
                 outcomes = [Outcome("retry", error=str(error)[:500])] * len(items)
             for item, outcome in zip(items, outcomes, strict=True):
                 await record(self.db, item, outcome)
+                if self.metrics is not None:
+                    self.metrics.deliveries.labels(channel.name, outcome.status).inc()
             handled += len(items)
         return handled
 

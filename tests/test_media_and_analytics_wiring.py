@@ -74,5 +74,5 @@ def test_product_events_reach_posthog(backend: Backend, admin_email: str) -> Non
             while not state.events and time.monotonic() < deadline:
                 time.sleep(0.2)
     events = [event for event in state.events if event["distinct_id"] == buyer.user["id"]]
-    assert [event["event"] for event in events] == ["sync purchase_request"]
-    assert events[0]["properties"]["ok"] is True
+    assert [event["event"] for event in events] == ["purchase_initiated"]
+    assert events[0]["properties"]["status"] == "pending"

@@ -76,9 +76,12 @@ def test_health_readiness_and_metrics(server: str) -> None:
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/readyz").json()
     assert ready["status"] == "ok" and ready["checks"]["database"] == "ok"
+    httpx.get(f"{server}/api/listings")
     metrics = httpx.get(f"{server}/metrics").text
-    assert "freshroots_outbox_lag_seconds" in metrics
-    assert "freshroots_changelog_head" in metrics
+    for name in ("freshroots_outbox_lag_seconds", "freshroots_changelog_head",
+                 "freshroots_db_pool_in_use", "freshroots_live_sessions",
+                 'freshroots_request_seconds_bucket{le="0.005",method="GET",route="/api/listings"}'):
+        assert name in metrics, name
 
 
 def test_cors_is_an_allow_list(backend: object, tmp_path: Path) -> None:

@@ -174,9 +174,9 @@ async def _decide(request: Request, admin: Principal, work: Any) -> Response:
         await work(tx, admin, order_id)
 
     await services.changelog.run(run)
-    services.track(
-        admin.user_id, f"admin {request.url.path.rsplit('/', 1)[-1]} order", order_id=order_id
-    )
+    decision = request.url.path.rsplit("/", 1)[-1]
+    if decision in ("approve", "reject"):
+        services.track(admin.user_id, f"order_{decision}d", order_id=order_id)
     async with services.db.read() as conn:
         order = await order_with_items(conn, order_id)
     if order is None:

@@ -117,13 +117,19 @@ async def list_listings(request: Request) -> Response:
         items = [with_image_urls(services, request, item) for item in items]
         body = orjson.dumps({"items": items, "next_cursor": next_cursor})
         await _store(services, key, body)
-        if query.q and query.cursor is None:
-            async with services.db.write() as conn:
-                await conn.execute(
-                    insert(SearchLog).values(
-                        query=query.q[:200], results=len(items), created_at=now_ms()
-                    )
-                )
+    if query.q and query.cursor is None:
+        # Every search counts (cached or not): "searches with no results" feed the catalogue.
+        results = len(orjson.loads(body)["items"])
+        services.track(
+            principal.user_id if principal else "anonymous",
+            "listing_search",
+            query=query.q[:200],
+            results_count=results,
+        )
+        async with services.db.write() as conn:
+            await conn.execute(
+                insert(SearchLog).values(query=query.q[:200], results=results, created_at=now_ms())
+            )
     return Response(body, media_type="application/json")
 
 
@@ -140,6 +146,9 @@ async def one_listing(request: Request) -> Response:
             listing = await get_listing(conn, principal, listing_id)
         body = orjson.dumps(with_image_urls(services, request, listing))
         await _store(services, key, body)
+    services.track(
+        principal.user_id if principal else "anonymous", "listing_viewed", listing_id=listing_id
+    )
     return Response(body, media_type="application/json")
 
 

@@ -132,6 +132,8 @@ async def purchase_request(request: Request) -> Response:
         return status_code, payload
 
     status_code, payload = await services.changelog.run(work)
+    if status_code == 201:
+        services.track(buyer.user_id, "purchase_initiated", order_id=body.order_id)
     return Response(payload, status_code=status_code, media_type="application/json")
 
 
@@ -224,6 +226,7 @@ async def interest(request: Request) -> Response:
         interest_id=body.interest_id or new_id(), listing_id=listing_id, message=body.message
     )
     result = await services.changelog.run(lambda tx: express_interest(tx, buyer, args))
+    services.track(buyer.user_id, "interest_expressed", listing_id=listing_id)
     return json_response(
         {
             "id": result["interest_id"],

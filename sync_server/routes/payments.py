@@ -75,7 +75,6 @@ async def pay(request: Request) -> Response:
         ) from None
     except PaymentProviderError as error:
         raise PaymentGatewayRefused(str(error)[:200]) from None
-    services.track(buyer.user_id, "payment started", method=body.method)
     return json_response(
         {
             "payment_id": payment["id"],
@@ -113,6 +112,13 @@ async def mips_notification(request: Request) -> Response:
         return PlainTextResponse("fail")
     outcome, payment_id = await services.changelog.run(lambda tx: apply_notification(tx, note))
     await mark_event(services.db, event_id, outcome, payment_id)
+    if outcome == "paid":
+        services.track(
+            f"payment:{payment_id}",
+            "payment_completed",
+            payment_id=payment_id,
+            method=note.payment_method,
+        )
     if outcome == "unknown":
         log.warning("payment notification for an unknown attempt", extra={"event": event_id})
         return PlainTextResponse("fail")

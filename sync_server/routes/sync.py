@@ -17,6 +17,8 @@ from sync_server.syncing import decode_cursor, nothing_new, page_body, read_page
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 MAX_MUTATIONS = 100
+# Product analytics events (PostHog) for mutations that succeed.
+TRACKED = {"purchase_request": "purchase_initiated", "express_interest": "interest_expressed"}
 
 
 class PushBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,12 +95,9 @@ async def push_route(request: Request) -> Response:
     results = await push(services.changelog, principal, body.client_id, body.mutations)
     names = {mutation.id: mutation.name for mutation in body.mutations}
     for result in results:
-        services.track(
-            principal.user_id,
-            f"sync {names.get(result['id'], 'mutation')}",
-            ok=result["ok"],
-            code=result.get("error", {}).get("code"),
-        )
+        event = TRACKED.get(names.get(result["id"], ""))
+        if event is not None and result["ok"]:
+            services.track(principal.user_id, event, **result.get("result", {}))
     return json_response({"results": results})
 
 
