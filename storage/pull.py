@@ -39,6 +39,24 @@ class PullPage:
 class _RowChanges:
     entered: bool = False
     fields: set[str] = field(default_factory=set)
+    # Per scope, whether the row is in it at the end of the window: the last ENTERED/LEFT
+    # decides, and a scope with only updates means the row stayed in it.
+    in_scope_at_end: dict[str, bool] = field(default_factory=dict)
+
+    def note(self, scope: str, kind: int, fields: str) -> None:
+        if kind == ENTERED:
+            self.entered = True
+            self.in_scope_at_end[scope] = True
+        elif kind == LEFT:
+            self.in_scope_at_end[scope] = False
+        else:
+            self.in_scope_at_end.setdefault(scope, True)
+            if fields:
+                self.fields.update(fields.split(","))
+
+    @property
+    def held_at_end(self) -> bool:
+        return any(self.in_scope_at_end.values())
 
 
 class CursorExpired(Exception):
@@ -138,6 +156,7 @@ async def _log_page(
                     ChangeLogEntry.row_id,
                     ChangeLogEntry.kind,
                     ChangeLogEntry.fields,
+                    ChangeLogEntry.scope,
                 )
                 .where(ChangeLogEntry.scope.in_(scopes), ChangeLogEntry.position > position)
                 .order_by(ChangeLogEntry.position)
@@ -147,7 +166,7 @@ async def _log_page(
         if probe_only:
             return PullPage({}, LogCursor(after), more=bool(entries))
         full = False
-        for entry_position, table_name, row_id, kind, fields in entries:
+        for entry_position, table_name, row_id, kind, fields, scope in entries:
             key = (table_name, row_id)
             row_changes = grouped.get(key)
             if row_changes is None:
@@ -155,10 +174,7 @@ async def _log_page(
                     full = True
                     break
                 row_changes = grouped[key] = _RowChanges()
-            if kind == ENTERED:
-                row_changes.entered = True
-            elif kind != LEFT and fields:
-                row_changes.fields.update(fields.split(","))
+            row_changes.note(scope, kind, fields)
             position = entry_position
         if full:
             more = True
@@ -186,9 +202,18 @@ async def _log_page(
         current = {row["id"]: row for row in rows}
         for row_id in ids:
             row = current.get(row_id)
-            if row is None or not (table.row_scopes(row) & own_scopes):
+            seen = grouped[(table_name, row_id)]
+            # Decide membership as of the window's end, where the cursor will stand: the
+            # current row may already be further on. A row that left within the window is
+            # deleted now even if it is back (its re-entry, later, comes as a put); a row
+            # still in scope at the window's end that has since left or gone is skipped, and
+            # its leaving, later, comes as a del. Deciding from the current row alone would
+            # let a later page send a patch for a row this client was told to delete.
+            if not seen.held_at_end:
                 _add(changes, table_name, "del", row_id)
-            elif grouped[(table_name, row_id)].entered:
+            elif row is None or not (table.row_scopes(row) & own_scopes):
+                continue
+            elif seen.entered:
                 _add(changes, table_name, "put", table.encode(row))
             elif full_rows:
                 _add(changes, table_name, "patch", table.encode(row))
