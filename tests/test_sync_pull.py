@@ -9,7 +9,7 @@ from storage.changelog import prune
 from storage.db import Database
 from tests.conftest import Backend
 from tests.support.api import Api, client_id, register
-from tests.support.replica import build, without_empty
+from tests.support.replica import apply_page, build, without_empty
 
 
 def changes_for(pages: list[dict], table: str, kind: str) -> list:
@@ -211,3 +211,32 @@ def test_compressed_pull_is_smaller(buyer: Api) -> None:
     assert packed.headers.get("content-encoding") == "br"
     assert packed.json() == plain.json()
     assert int(packed.headers["content-length"]) < len(plain.content) / 2
+
+
+def test_a_row_that_left_and_came_back_across_pages_is_never_patched_unheld(
+    admin: Api, buyer: Api
+) -> None:
+    """Regression: membership is decided as of the page's end, not from the current row."""
+    listing = admin.create_listing(title="Boomerang", stock=5)
+    cursor, pages = buyer.pull_all()
+    replica = build(pages)
+    path = f"/api/admin/listings/{listing['id']}"
+    # Other rows between the listing's entries make one-row pages stop between them.
+    admin.patch(path, json={"price": 6100})
+    admin.create_listing(title="Filler one")
+    admin.patch(path, json={"stock": 4})
+    admin.create_listing(title="Filler two")
+    admin.patch(path, json={"status": "draft"})  # leaves the public scope
+    page = {"cursor": cursor}
+    for _ in range(2):  # pages [price change] and [filler one], read while it is hidden
+        page = buyer.get("/api/sync/pull", params={"cursor": page["cursor"], "limit": 1}).json()
+        apply_page(replica, page)
+    admin.patch(path, json={"status": "published"})  # back, before the [stock change] page
+    while True:
+        page = buyer.get("/api/sync/pull", params={"cursor": page["cursor"], "limit": 1}).json()
+        apply_page(replica, page)  # raises if a patch names a row the replica lacks
+        if not page["more"]:
+            break
+    _, fresh = buyer.pull_all()
+    assert without_empty(replica) == without_empty(build(fresh))
+    assert replica["listings"][listing["id"]]["stock"] == 4
