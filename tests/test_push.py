@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from integrations.notifications.standin_expo import ExpoStandinState, create_expo_standin
 from storage.db import Database
 from storage.models import Device, OutboxItem
 from sync_server.app import create_app
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
-from tests.support.expo_standin import ExpoState, create_expo_standin
 from tests.support.live_server import serve_in_thread
 
 
 @pytest.fixture
-def expo() -> Iterator[tuple[ExpoState, str]]:
-    state = ExpoState(access_token="expo-access-token")
+def expo() -> Iterator[tuple[ExpoStandinState, str]]:
+    state = ExpoStandinState(access_token="expo-access-token")
     with serve_in_thread(create_expo_standin(state)) as base_url:
         yield state, base_url
 
@@ -48,28 +48,56 @@ def query(backend: Backend, statement: Any) -> list[Any]:
 
 
 def settings_for(backend: Backend, expo_url: str) -> Any:
-    return backend.settings(EXPO_PUSH_URL=expo_url, EXPO_ACCESS_TOKEN="expo-access-token",
-                            OUTBOX_WORKER="on", OUTBOX_POLL_SECONDS="0.2",
-                            PUSH_RECEIPT_DELAY_SECONDS="0")
+    return backend.settings(
+        EXPO_PUSH_URL=expo_url,
+        EXPO_ACCESS_TOKEN="expo-access-token",
+        OUTBOX_WORKER="on",
+        OUTBOX_POLL_SECONDS="0.2",
+        PUSH_RECEIPT_DELAY_SECONDS="0",
+    )
 
 
 def register_device(api: Api, token: str) -> None:
-    result = api.push(client_id(), [{"id": 1, "name": "register_device", "args": {
-        "expo_push_token": token, "platform": "android"}}]).json()["results"][0]
+    result = api.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "register_device",
+                "args": {"expo_push_token": token, "platform": "android"},
+            }
+        ],
+    ).json()["results"][0]
     assert result["ok"], result
 
 
 def order(api: Api, listing_id: str) -> str:
     order_id = "push-" + secrets.token_hex(5)
-    api.push(client_id(), [{"id": 1, "name": "purchase_request", "args": {
-        "order_id": order_id, "payment_method": "cod",
-        "items": [{"item_id": "pushi-" + secrets.token_hex(5), "listing_id": listing_id,
-                   "quantity": 1}]}}])
+    api.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "pushi-" + secrets.token_hex(5),
+                            "listing_id": listing_id,
+                            "quantity": 1,
+                        }
+                    ],
+                },
+            }
+        ],
+    )
     return order_id
 
 
 def test_order_events_are_pushed_once_per_device(
-    backend: Backend, admin_email: str, expo: tuple[ExpoState, str]
+    backend: Backend, admin_email: str, expo: tuple[ExpoStandinState, str]
 ) -> None:
     state, expo_url = expo
     with serve_in_thread(create_app(settings_for(backend, expo_url))) as base_url:
@@ -84,17 +112,22 @@ def test_order_events_are_pushed_once_per_device(
         time.sleep(0.5)
         mine = [m for m in state.messages if m["to"] == token]
         assert sorted(m["title"] for m in mine) == ["Order approved", "Purchase request received"]
-        assert all(m["data"]["order_id"] == order_id and m["data"]["notification_id"]
-                   for m in mine)
+        assert all(m["data"]["order_id"] == order_id and m["data"]["notification_id"] for m in mine)
         notification_ids = {n["id"] for n in buyer.get("/api/notifications").json()["items"]}
         assert {m["data"]["notification_id"] for m in mine} <= notification_ids
-        until(lambda: state.receipt_requests > 0)
-        until(lambda: all(row[0] == "ok" for row in query(backend, select(
-            OutboxItem.receipt_status).where(OutboxItem.recipient == token))))
+        until(lambda: len(state.requests_to("getReceipts")) > 0)
+        until(
+            lambda: all(
+                row[0] == "ok"
+                for row in query(
+                    backend, select(OutboxItem.receipt_status).where(OutboxItem.recipient == token)
+                )
+            )
+        )
 
 
 def test_an_uninstalled_app_is_deactivated_and_throttling_retried(
-    backend: Backend, admin_email: str, expo: tuple[ExpoState, str]
+    backend: Backend, admin_email: str, expo: tuple[ExpoStandinState, str]
 ) -> None:
     state, expo_url = expo
     with serve_in_thread(create_app(settings_for(backend, expo_url))) as base_url:
@@ -107,13 +140,25 @@ def test_an_uninstalled_app_is_deactivated_and_throttling_retried(
         state.unregistered.add(gone_token)
         listing = admin.create_listing(stock=5)
         order(gone, listing["id"])
-        until(lambda: query(backend, select(Device.active).where(
-            Device.expo_push_token == gone_token)) == [(False,)])
+        until(
+            lambda: (
+                query(backend, select(Device.active).where(Device.expo_push_token == gone_token))
+                == [(False,)]
+            )
+        )
 
         state.throttle_next = 1
         order(kept, listing["id"])
         until(lambda: any(m["to"] == kept_token for m in state.messages), timeout=30)
-        rows = query(backend, select(OutboxItem.status, OutboxItem.attempts).where(
-            OutboxItem.recipient == kept_token))
-        assert [status for status, _ in rows] == ["sent"]
-        assert rows[0][1] >= 2  # the 429 cost one attempt, retried later
+        until(
+            lambda: (
+                [
+                    row[0]
+                    for row in query(
+                        backend, select(OutboxItem.status).where(OutboxItem.recipient == kept_token)
+                    )
+                ]
+                == ["sent"]
+            )
+        )
+        assert len(state.requests_to("push/send")) >= 2  # a 429 first, then backed off
