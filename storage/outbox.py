@@ -65,7 +65,9 @@ async def enqueue(
     )
 
 
-async def claim(db: Database, limit: int, channels: tuple[str, ...]) -> list[Claimed]:
+async def claim(
+    db: Database, limit: int, channels: tuple[str, ...], lease_ms: int = LEASE_MS
+) -> list[Claimed]:
     now = now_ms()
     due = or_(
         and_(OutboxItem.status == "pending", OutboxItem.next_attempt_at <= now),
@@ -86,7 +88,7 @@ async def claim(db: Database, limit: int, channels: tuple[str, ...]) -> list[Cla
         rows = await conn.execute(
             update(OutboxItem)
             .where(OutboxItem.id.in_(ids))
-            .values(status="sending", lease_until=now + LEASE_MS, attempts=OutboxItem.attempts + 1)
+            .values(status="sending", lease_until=now + lease_ms, attempts=OutboxItem.attempts + 1)
             .returning(
                 OutboxItem.id,
                 OutboxItem.channel,

@@ -143,7 +143,11 @@ def create_app(settings: Settings) -> Starlette:
                 if settings.runs_outbox_worker:
                     channels = build_channels(settings.environ, services.db, services.http)
                     worker = OutboxWorker(
-                        services.db, channels, settings.outbox_poll_seconds, metrics=app_metrics
+                        services.db,
+                        channels,
+                        settings.outbox_poll_seconds,
+                        metrics=app_metrics,
+                        lease_seconds=settings.outbox_lease_seconds,
                     )
                     services.feed.listeners.append(lambda _heads, _tables: _wake(worker))
                     background.start_soon(worker.run_forever)

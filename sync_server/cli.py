@@ -192,7 +192,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             try:
-                await OutboxWorker(db, channels, settings.outbox_poll_seconds).run_forever()
+                await OutboxWorker(
+                    db,
+                    channels,
+                    settings.outbox_poll_seconds,
+                    lease_seconds=settings.outbox_lease_seconds,
+                ).run_forever()
             finally:
                 await db.dispose()
 

@@ -127,6 +127,9 @@ class Settings:
     ws_implementation: str = "auto"
     outbox_worker: str = "auto"  # auto: inside the server on SQLite; on; off
     outbox_poll_seconds: float = 2.0
+    # How long a claimed batch is reserved for its worker; a worker that dies mid-batch
+    # leaves it to the others after this long.
+    outbox_lease_seconds: float = 60.0
 
     @property
     def runs_outbox_worker(self) -> bool:
@@ -203,6 +206,7 @@ class Settings:
             ws_implementation=env.get("WS_IMPLEMENTATION", "auto"),
             outbox_worker=_choice(env, "OUTBOX_WORKER", ("auto", "on", "off"), "auto"),
             outbox_poll_seconds=_float(env, "OUTBOX_POLL_SECONDS", 2.0),
+            outbox_lease_seconds=_float(env, "OUTBOX_LEASE_SECONDS", 60.0),
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
             sentry_dsn=env.get("SENTRY_DSN") or None,
             environ=env,

@@ -36,8 +36,10 @@ class OutboxWorker:
         poll_seconds: float,
         *,
         metrics: Metrics | None = None,
+        lease_seconds: float = 60.0,
     ) -> None:
         self.db = db
+        self.lease_ms = int(lease_seconds * 1000)
         self.metrics = metrics
         self.channels = list(channels)
         self.poll_seconds = poll_seconds
@@ -50,7 +52,7 @@ class OutboxWorker:
     async def run_once(self) -> int:
         handled = 0
         for channel in self.channels:
-            items = await claim(self.db, channel.batch_size, (channel.name,))
+            items = await claim(self.db, channel.batch_size, (channel.name,), self.lease_ms)
             if not items:
                 continue
             try:

@@ -162,3 +162,76 @@ def test_an_uninstalled_app_is_deactivated_and_throttling_retried(
             )
         )
         assert len(state.requests_to("push/send")) >= 2  # a 429 first, then backed off
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_only_the_unanswered(
+    backend: Backend,
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from storage.cache import MemoryCache
+    from storage.changelog import ChangeLog
+    from storage.feed import ChangeFeed
+    from storage.outbox import enqueue
+    from storage.pubsub import MemoryPubSub
+
+    state = ExpoStandinState()
+    standin = create_expo_standin(state)
+
+    arrived: list[float] = []
+
+    async def slow_expo(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/push/send"):
+            arrived.append(time.monotonic())
+            await asyncio.sleep(1.0)  # long enough to kill the worker while it waits
+        await standin(scope, receive, send)
+
+    tag = secrets.token_hex(4)
+    intents = [(f"ExponentPushToken[{tag}-{n}]", f"{tag}-n{n}") for n in range(250)]
+
+    async def queue_intents() -> None:
+        db = Database(backend.env["DATABASE_URL"])
+        log = ChangeLog(db, ChangeFeed(MemoryCache(), MemoryPubSub(), 30))
+        async with log.transaction() as tx:
+            for token, notification_id in intents:
+                await enqueue(tx, "push", f"push:{notification_id}", token, {
+                    "title": "Order approved", "body": "Your order was approved.",
+                    "data": {"order_id": f"o-{tag}", "notification_id": notification_id}})
+        await db.dispose()
+
+    asyncio.run(queue_intents())
+    with serve_in_thread(slow_expo) as expo_url:
+        env = {**os.environ, **backend.env, "EXPO_PUSH_URL": expo_url,
+               "OUTBOX_POLL_SECONDS": "0.1", "OUTBOX_LEASE_SECONDS": "2"}
+        command = [sys.executable, "-m", "sync_server.cli", "worker"]
+        worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            until(lambda: len(arrived) >= 2, timeout=30)
+            worker.send_signal(signal.SIGKILL)  # batch 1 answered and recorded; 2 in flight
+            worker.wait(10)
+            answered = [(m["to"], m["data"]["notification_id"]) for m in state.messages
+                        if m["data"]["order_id"] == f"o-{tag}"]  # batch 2 is still sleeping
+            worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+
+            def delivered() -> set[tuple[str, str]]:
+                return {(m["to"], m["data"]["notification_id"]) for m in state.messages
+                        if m["data"]["order_id"] == f"o-{tag}"}
+
+            until(lambda: delivered() == set(intents), timeout=60)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+    mine = [m for m in state.messages if m["data"]["order_id"] == f"o-{tag}"]
+    seen: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for message in mine:
+        seen.setdefault((message["to"], message["data"]["notification_id"]), []).append(message)
+    repeated = {key: copies for key, copies in seen.items() if len(copies) > 1}
+    # Only the batch that was in flight when the worker died can come twice, identically.
+    assert len(repeated) <= 100
+    assert all(copies[0] == copies[1] for copies in repeated.values())
+    assert len(answered) == 100 and not set(answered) & set(repeated)  # recorded: never again
