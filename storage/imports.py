@@ -8,23 +8,68 @@ reviews and publishes them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from integrations.facebook.parser import PostDrafts
 from storage.changelog import ChangeLog
+from storage.db import now_ms
 from storage.listings import create_listing
 from storage.models import Listing
+from storage.records import notify_admins
+from storage.scopes import listing_scopes
 
 
 @dataclass
 class ImportReport:
     posts: int = 0
     created: int = 0
+    updated_drafts: int = 0
+    suggestions: int = 0
     already_imported: int = 0
     without_offers: int = 0
     listing_ids: list[str] = field(default_factory=list)
+
+
+async def _revisit(changelog: ChangeLog, listing: Any, draft: Any, report: ImportReport) -> None:
+    """An edited post: a draft follows it; a published listing is never overwritten, and a
+    new price is put to the admins as a suggestion instead."""
+    if listing.deleted_at is not None or (
+        (listing.title, listing.price, listing.unit) == (draft.title, draft.price, draft.unit)
+    ):
+        report.already_imported += 1
+        return
+    async with changelog.transaction() as tx:
+        if listing.status == "draft":
+            values = {
+                "title": draft.title[:200],
+                "price": draft.price,
+                "unit": draft.unit,
+                "updated_at": now_ms(),
+            }
+            await tx.conn.execute(update(Listing).where(Listing.id == listing.id).values(**values))
+            tx.changed(
+                "listings",
+                listing.id,
+                fields=values.keys(),
+                before=listing_scopes("draft", False),
+                after=listing_scopes("draft", False),
+            )
+            report.updated_drafts += 1
+        elif listing.price != draft.price:
+            await notify_admins(
+                tx,
+                "listing_suggestion",
+                "Price change on Facebook",
+                f"The farm's post now says Rs {draft.price / 100:,.2f} for {listing.title} "
+                f"(listed at Rs {listing.price / 100:,.2f}).",
+                {"listing_id": listing.id, "suggested_price": draft.price, "order_id": None},
+            )
+            report.suggestions += 1
+        else:
+            report.already_imported += 1
 
 
 def guess_category(title: str) -> str:
@@ -68,16 +113,25 @@ async def import_posts(
             continue
         refs = [f"fb:{post.post_id}:{index}" for index in range(len(post.drafts))]
         async with changelog.db.read() as conn:
-            existing = set(
-                (
+            existing = {
+                row.source_ref: row
+                for row in (
                     await conn.execute(
-                        select(Listing.source_ref).where(Listing.source_ref.in_(refs))
+                        select(
+                            Listing.id,
+                            Listing.source_ref,
+                            Listing.status,
+                            Listing.title,
+                            Listing.price,
+                            Listing.unit,
+                            Listing.deleted_at,
+                        ).where(Listing.source_ref.in_(refs))
                     )
-                ).scalars()
-            )
+                ).all()
+            }
         for ref, draft in zip(refs, post.drafts, strict=True):
             if ref in existing:
-                report.already_imported += 1
+                await _revisit(changelog, existing[ref], draft, report)
                 continue
             description = f"Imported from the farm's Facebook post {post.permalink or ''}".strip()
             try:

@@ -43,11 +43,17 @@ async def notify(
     )
     tx.created("notifications", notification_id, personal_scopes(user_id))
     push_data = {**data, "notification_id": notification_id}
-    devices = await tx.conn.execute(
-        select(Device.id, Device.expo_push_token).where(
-            Device.user_id == user_id, Device.active.is_(True)
+    # Pushes are about orders (a tap opens the order the push names); other notifications
+    # stay in-app.
+    devices = []
+    if data.get("order_id"):
+        devices = list(
+            await tx.conn.execute(
+                select(Device.id, Device.expo_push_token).where(
+                    Device.user_id == user_id, Device.active.is_(True)
+                )
+            )
         )
-    )
     for device_id, token in devices:
         await enqueue(
             tx,

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import orjson
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from integrations.facebook.graph import FacebookError, FacebookUnavailable, GraphClient
+from integrations.facebook.graph import (
+    FacebookError,
+    FacebookTokenExpired,
+    FacebookUnavailable,
+    GraphClient,
+)
 from integrations.facebook.parser import parse_feed_page
 from integrations.facebook.settings import FacebookSettings
 from integrations.facebook.webhook import changed_posts, handshake, verify_signature
 from storage.imports import import_posts
 from sync_server.errors import Forbidden, MalformedJSON, NotConfigured, ServiceUnavailable
-from sync_server.http import doc
+from sync_server.http import doc, json_response, read_json, require_admin
 from sync_server.services import services_of
 
 log = logging.getLogger("freshroots.webhooks")
@@ -81,7 +87,49 @@ async def facebook_event(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+class ImportBody(msgspec.Struct, forbid_unknown_fields=True):
+    limit: int = 100
+
+
+@doc(
+    "Import the farm's Facebook Page feed as draft listings now",
+    auth="admin",
+    body=ImportBody,
+    tag="admin",
+)
+async def admin_import(request: Request) -> Response:
+    await require_admin(request)
+    body = await read_json(request, ImportBody) if await request.body() else ImportBody()
+    services = services_of(request)
+    settings = FacebookSettings.from_environ(services.settings.environ)
+    if not settings.can_read or not settings.page_id:
+        raise NotConfigured("Facebook import is off: set FACEBOOK_PAGE_TOKEN and FACEBOOK_PAGE_ID.")
+    graph = GraphClient(services.http, settings, max_attempts=3)
+    posts = []
+    try:
+        async for post in graph.iter_feed(settings.page_id):
+            posts.append(post)
+            if len(posts) >= max(1, min(body.limit, 500)):
+                break
+    except FacebookTokenExpired as error:
+        raise ServiceUnavailable(str(error), retry_after=3600) from None
+    except FacebookError as error:
+        raise ServiceUnavailable(f"The Graph API failed: {error}") from None
+    report = await import_posts(services.changelog, parse_feed_page({"data": posts}))
+    return json_response(
+        {
+            "posts": report.posts,
+            "created": report.created,
+            "updated_drafts": report.updated_drafts,
+            "suggestions": report.suggestions,
+            "already_imported": report.already_imported,
+            "without_offers": report.without_offers,
+        }
+    )
+
+
 routes = [
+    Route("/api/admin/facebook/import", admin_import, methods=["POST"]),
     Route("/api/webhooks/facebook", facebook_verify, methods=["GET"]),
     Route("/api/webhooks/facebook", facebook_event, methods=["POST"]),
 ]

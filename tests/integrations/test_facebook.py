@@ -162,3 +162,34 @@ def test_signed_webhook_imports_drafts_once(backend: Backend, admin_email: str) 
                 "items"] if "posts/777" in item["description"]]
     assert sorted((i["title"], i["price"], i["unit"], i["status"]) for i in mine) == [
         ("Calebasse", 4500, "piece", "draft"), ("Giraumon", 3500, "kg", "draft")]
+
+
+def test_admin_import_updates_drafts_and_suggests_prices_for_published(
+    backend: Backend, admin_email: str
+) -> None:
+    post_id = f"104857600012345_{int.from_bytes(__import__('os').urandom(3), 'big')}"
+    feed = [{"id": post_id, "message": "Chouchou Rs 30/kg, Pipengaille Rs 50/kg",
+             "permalink_url": f"https://www.facebook.com/freshroots/posts/{post_id}"}]
+    state = GraphState(posts=feed, token="page-token")
+    with serve_in_thread(create_graph_standin(state)) as graph:
+        settings = backend.settings(FACEBOOK_GRAPH_URL=graph, FACEBOOK_PAGE_TOKEN="page-token",
+                                    FACEBOOK_PAGE_ID="104857600012345")
+        with serve_in_thread(create_app(settings)) as base_url:
+            admin = login(base_url, admin_email, ADMIN_PASSWORD)
+            first = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
+            assert first["created"] >= 2
+            mine = {i["title"]: i for i in admin.get("/api/listings", params={"limit": 100})
+                    .json()["items"] if post_id in i["description"]}
+            assert set(mine) == {"Chouchou", "Pipengaille"}
+            admin.patch(f"/api/admin/listings/{mine['Pipengaille']['id']}",
+                        json={"status": "published"})
+            feed[0]["message"] = "Chouchou Rs 32/kg, Pipengaille Rs 55/kg"  # the post edited
+            again = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
+            assert again["created"] == 0 and again["updated_drafts"] == 1
+            assert again["suggestions"] == 1
+            assert admin.get(f"/api/listings/{mine['Chouchou']['id']}").json()["price"] == 3200
+            published = admin.get(f"/api/listings/{mine['Pipengaille']['id']}").json()
+            assert published["price"] == 5000  # never overwritten
+            notes = admin.get("/api/notifications").json()["items"]
+            assert any(n["type"] == "listing_suggestion" and n["data"]["suggested_price"] == 5500
+                       for n in notes)
