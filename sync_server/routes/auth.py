@@ -142,13 +142,17 @@ async def logout(request: Request) -> Response:
 
 @doc("The signed-in user", auth="user", tag="me")
 async def me(request: Request) -> Response:
+    return json_response(users.user_to_wire(await signed_in_user(request)))
+
+
+async def signed_in_user(request: Request) -> Any:
+    """The account behind the access token; a token outliving its (erased) account is 401."""
     principal = await authenticate(request)
-    services = services_of(request)
-    async with services.db.read() as conn:
+    async with services_of(request).db.read() as conn:
         user = await users.find_by_id(conn, principal.user_id)
     if user is None:
         raise InvalidToken("The account no longer exists.")
-    return json_response(users.user_to_wire(user))
+    return user
 
 
 @doc(

@@ -15,9 +15,9 @@ from storage import users
 from storage.db import new_id, now_ms
 from storage.models import User
 from storage.outbox import enqueue
-from sync_server.errors import InvalidCode, InvalidToken, RateLimited
+from sync_server.errors import InvalidCode, RateLimited
 from sync_server.http import authenticate, doc, json_response, no_content, read_json
-from sync_server.routes.auth import client_ip
+from sync_server.routes.auth import client_ip, signed_in_user
 from sync_server.security import check_password_shape
 from sync_server.services import Services, services_of
 
@@ -66,13 +66,8 @@ async def _send_code(services: Services, user: dict[str, str], purpose: str) -> 
     tag="auth",
 )
 async def verify_request(request: Request) -> Response:
-    principal = await authenticate(request)
-    services = services_of(request)
-    async with services.db.read() as conn:
-        user = await users.find_by_id(conn, principal.user_id)
-    if user is None:
-        raise InvalidToken("The account no longer exists.")
-    await _send_code(services, dict(user), VERIFY)
+    user = await signed_in_user(request)
+    await _send_code(services_of(request), dict(user), VERIFY)
     return json_response({}, 202)
 
 
