@@ -235,3 +235,20 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_only_the_unanswered
     assert len(repeated) <= 100
     assert all(copies[0] == copies[1] for copies in repeated.values())
     assert len(answered) == 100 and not set(answered) & set(repeated)  # recorded: never again
+
+
+def test_a_token_reported_dead_in_receipts_is_deactivated(
+    backend: Backend, admin_email: str, expo: tuple[ExpoStandinState, str]
+) -> None:
+    state, expo_url = expo
+    with serve_in_thread(create_app(settings_for(backend, expo_url))) as base_url:
+        admin = login(base_url, admin_email, ADMIN_PASSWORD)
+        buyer = register(base_url, "uninstalls-later")
+        token = f"ExponentPushToken[{secrets.token_hex(8)}]"
+        register_device(buyer, token)
+        state.unregistered_on_receipt.add(token)  # accepted now, refused by Google later
+        listing = admin.create_listing(stock=3)
+        order(buyer, listing["id"])
+        until(lambda: any(m["to"] == token for m in state.messages))
+        until(lambda: query(backend, select(Device.active).where(
+            Device.expo_push_token == token)) == [(False,)], timeout=30)
