@@ -15,7 +15,7 @@
     │   ├── EmailTaken              (409 email_taken)
     │   └── IllegalTransition       (409 illegal_transition)
     ├── PayloadTooLarge             (413 payload_too_large)
-    ├── NotConfigured               (501 integration_off)
+    ├── NotConfigured               (404 integration_off)
     ├── UnsupportedMediaType        (415 unsupported_media_type)
     ├── RateLimited                 (429 rate_limited, Retry-After)
     └── ServiceUnavailable          (503 service_unavailable, Retry-After)
@@ -137,9 +137,10 @@ class IllegalTransition(Conflict):
 
 
 class NotConfigured(FreshRootsError):
-    """An integration whose settings are absent is off."""
+    """An integration whose settings are absent is off: for clients, the feature is not
+    there (404), which is not a server fault to retry or alert on."""
 
-    status_code = 501
+    status_code = 404
     code = "integration_off"
     default_message = "This feature is not configured on this server."
 

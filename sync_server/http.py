@@ -54,6 +54,9 @@ async def read_json(request: Request, model: type[T]) -> T:
     body = await request.body()
     if not body:
         raise MalformedJSON("The request body is empty; send a JSON object.")
+    if b"\\u0000" in body.lower():
+        # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the database.
+        raise ValidationFailed("strings must not contain NUL characters")
     try:
         return msgspec.json.decode(body, type=model)
     except msgspec.ValidationError as error:

@@ -15,7 +15,12 @@ import brotli
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sync_server.errors import PayloadTooLarge, UnsupportedMediaType, error_response
+from sync_server.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_response,
+)
 from sync_server.metrics import Metrics
 
 access_log = logging.getLogger("freshroots.access")
@@ -124,6 +129,10 @@ class BodyMiddleware:
                 encoding = value.decode("latin-1").strip().lower()
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await error_response(PayloadTooLarge())(scope, receive, send)
+            return
+        if b"%00" in scope.get("query_string", b""):  # no database text may hold NUL
+            await error_response(BadRequest("Parameters must not contain NUL characters.",
+                                            code="invalid_parameter"))(scope, receive, send)
             return
         if encoding not in ("identity", "gzip"):
             await error_response(UnsupportedMediaType("Content-Encoding must be gzip."))(

@@ -53,7 +53,7 @@ def test_signed_upload_then_responsive_urls(backend: Backend, admin_email: str) 
 
 def test_media_signing_is_off_without_settings(admin: Api) -> None:
     response = admin.post("/api/admin/media/sign", json={})
-    assert response.status_code == 501
+    assert response.status_code == 404
     assert response.json()["error"]["code"] == "integration_off"
 
 
