@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check lock bench clean
+.PHONY: run test lint typecheck check lock bench load clean
 
 run: $(STAMP)  ## install, migrate, seed the demo catalogue, serve on http://127.0.0.1:8000
 	$(BIN)/freshroots migrate
@@ -22,8 +22,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)  ## wire-size and throughput figures for delta sync
+bench: $(STAMP)  ## wire-size and throughput figures for delta sync (needs wrk)
 	$(BIN)/python loadtests/bench_sync.py
+
+load: $(STAMP)  ## locust against 1 and 2 local server processes (PostgreSQL + Redis), bounded
+	$(BIN)/python loadtests/run_load.py --capacity --run-time 45
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)

@@ -48,6 +48,9 @@ def _base_env() -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         # No outside network here: point Expo at a closed local port so pushes fail fast.
         "EXPO_PUSH_URL": "http://127.0.0.1:9",
+        # Tests that deliver notifications start their own worker; a stray one in the shared
+        # server would claim their items and back off against the closed port above.
+        "OUTBOX_WORKER": "off",
     }
 
 

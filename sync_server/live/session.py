@@ -82,6 +82,7 @@ class Session:
         self.sent_position = 0  # the newest position actually written to the socket
         self.behind = True
         self.overflows = 0  # how often this client was too slow and fell back to its cursor
+        self.catch_ups = 0  # rounds read from its own cursor instead of the shared stream
 
     # -- called by the hub (synchronously, between its awaits) ------------------------------
 
@@ -135,6 +136,7 @@ class Session:
 
     async def catch_up(self, state: Any, reset: bool) -> None:
         """Page from `state` until current; ends with a `more: false` frame."""
+        self.catch_ups += 1
         hub_position = self.services.live.position
         while True:
             page = await read_page(
