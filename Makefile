@@ -26,7 +26,7 @@ bench: $(STAMP)  ## wire-size and throughput figures for delta sync (needs wrk)
 	$(BIN)/python loadtests/bench_sync.py
 
 load: $(STAMP)  ## locust against 1 and 2 local server processes (PostgreSQL + Redis), bounded
-	$(BIN)/python loadtests/run_load.py --capacity --run-time 45
+	$(BIN)/python loadtests/run_load.py --capacity
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)

@@ -1,23 +1,43 @@
 """Load profiles from real use (locust, FastHttpUser). Run through loadtests/run_load.py,
 which seeds the data, starts the servers on loopback and passes these environment variables:
-LOAD_TOKENS (a file of access tokens, one per line), LOAD_LISTINGS (listing ids), LOAD_ADMIN
-(an admin token). Only loopback targets; every run is bounded by --run-time."""
+LOAD_TOKENS (a file of "<access token> <cursor>" lines, one per seeded user), LOAD_LISTINGS
+(listing ids), LOAD_ADMIN (an admin token). Only loopback targets; every run is bounded by
+--run-time.
+
+Profiles: `BackgroundSyncPhone` (the capacity figure is counted in these; a share of them
+is in the foreground and holds the live WebSocket), `OfflineBurstPhone`, `Browser`,
+`Admin` (watches the live feed, approves and rejects) and one `Farm` that edits stock every
+few seconds, so syncing phones have real changes to pull and sockets real frames to carry.
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, between, task
+import gevent
 
-TOKENS = Path(os.environ.get("LOAD_TOKENS", "/dev/null")).read_text().split()
+# websocket-client: plain sockets, which gevent's monkey-patching makes cooperative.
+import websocket
+from locust import FastHttpUser, between, constant, events, task
+
+_LINES = [
+    line.split()
+    for line in Path(os.environ.get("LOAD_TOKENS", "/dev/null")).read_text().splitlines()
+]
+ACCOUNTS = [(parts[0], parts[1] if len(parts) > 1 else None) for parts in _LINES if parts]
 LISTINGS = Path(os.environ.get("LOAD_LISTINGS", "/dev/null")).read_text().split()
 ADMIN = os.environ.get("LOAD_ADMIN", "")
-_next_token = itertools.count()
+# Share of phones that are installed fresh (full initial sync) and that hold a WebSocket.
+FRESH_INSTALL_SHARE = float(os.environ.get("LOAD_FRESH_SHARE", "0.05"))
+WEBSOCKET_SHARE = float(os.environ.get("LOAD_WS_SHARE", "0.2"))
+_next_account = itertools.count()
 SEARCHES = [
     "brede",
     "pomme",
@@ -31,22 +51,137 @@ SEARCHES = [
     "ananas",
     "durian",
 ]
+live_frames = {"frames": 0, "bytes": 0, "changes": 0}
 
 
-def token() -> str:
-    return TOKENS[next(_next_token) % len(TOKENS)]
+def account() -> tuple[str, str | None]:
+    return ACCOUNTS[next(_next_account) % len(ACCOUNTS)]
+
+
+class LiveSocket:
+    """The app's live connection: hello, catch-up until `more: false`, then frames as they
+    come, answering pings. Catch-up time and failures go to locust's statistics; frames are
+    counted (printed at the end), not timed, because a frame is not a request."""
+
+    def __init__(self, user: FastHttpUser, token: str, cursor: str | None, name: str) -> None:
+        self.user, self.token, self.cursor, self.name = user, token, cursor, name
+        self.socket: websocket.WebSocket | None = None
+        self.reader: gevent.Greenlet | None = None
+
+    def _report(self, started: float, length: int, exception: Exception | None) -> None:
+        self.user.environment.events.request.fire(
+            request_type="WS",
+            name=self.name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+
+    def open(self) -> None:
+        url = self.user.host.replace("http", "ws", 1) + "/api/sync/ws"
+        started, received = time.perf_counter(), 0
+        try:
+            self.socket = websocket.create_connection(url, timeout=60, enable_multithread=False)
+            self.socket.send(
+                json.dumps({"type": "hello", "token": self.token, "cursor": self.cursor})
+            )
+            while True:
+                raw = self.socket.recv()
+                received += len(raw)
+                frame = json.loads(raw)
+                if frame["type"] == "ping":
+                    self.socket.send('{"type":"pong"}')
+                elif frame["type"] == "changes":
+                    self.cursor = frame["cursor"]
+                    if not frame["more"]:
+                        break
+        except Exception as exc:  # any failure is the measurement
+            self._report(started, received, exc)
+            self.close()
+            return
+        self._report(started, received, None)
+        self.socket.settimeout(None)
+        self.reader = gevent.spawn(self._listen)
+
+    def _listen(self) -> None:
+        assert self.socket is not None
+        try:
+            while True:
+                raw = self.socket.recv()
+                if not raw:
+                    break
+                frame = json.loads(raw)
+                if frame["type"] == "ping":
+                    self.socket.send('{"type":"pong"}')
+                elif frame["type"] == "changes":
+                    self.cursor = frame["cursor"]
+                    live_frames["frames"] += 1
+                    live_frames["bytes"] += len(raw)
+                    live_frames["changes"] += len(frame["changes"])
+        except (websocket.WebSocketException, OSError) as exc:
+            if self.socket is not None:  # not closed by us: the server dropped it
+                self._report(time.perf_counter(), 0, exc)
+
+    def close(self) -> None:
+        socket, self.socket = self.socket, None
+        if socket is not None:
+            socket.close()
+        if self.reader is not None:
+            self.reader.kill(block=False)
+
+
+@events.spawning_complete.add_listener
+def _reset_stats_once_settled(**_: Any) -> None:
+    """Measure steady state: the stampede of every user's first sync is over by then."""
+    settle = float(os.environ.get("LOAD_SETTLE_SECONDS", "0"))
+    runner = _environment.runner if _environment is not None else None
+    if runner is not None:
+        gevent.spawn_later(settle, runner.stats.reset_all)
+
+
+_environment: Any = None
+
+
+@events.init.add_listener
+def _keep_environment(environment: Any, **_: Any) -> None:
+    global _environment
+    _environment = environment
+
+
+@events.quitting.add_listener
+def _print_live_totals(environment: Any, **_: Any) -> None:
+    print(
+        f"live frames received: {live_frames['frames']} "
+        f"({live_frames['changes']} changes, {live_frames['bytes']} bytes)",
+        flush=True,
+    )
 
 
 class BackgroundSyncPhone(FastHttpUser):
-    """A phone in a pocket: syncs every 30-60 s, small pages, gzip, If-None-Match."""
+    """A phone in a pocket: syncs every 30-60 s from the cursor it kept, small pages, gzip,
+    If-None-Match. A few are fresh installs (full initial sync); a share is in the
+    foreground and holds the live WebSocket, resuming from the cursor it pulled to."""
 
     weight = 80
     wait_time = between(30, 60)
 
     def on_start(self) -> None:
-        self.headers = {"authorization": f"Bearer {token()}", "accept-encoding": "gzip"}
-        self.cursor: str | None = None
-        self.pull_until_current(name="/api/sync/pull [initial]")
+        token, cursor = account()
+        fresh = random.random() < FRESH_INSTALL_SHARE
+        self.headers = {"authorization": f"Bearer {token}", "accept-encoding": "gzip"}
+        self.cursor: str | None = None if fresh else cursor
+        self.live: LiveSocket | None = None
+        self.pull_until_current(
+            name="/api/sync/pull [initial]" if fresh else "/api/sync/pull [resume]"
+        )
+        if random.random() < WEBSOCKET_SHARE:
+            self.live = LiveSocket(self, token, self.cursor, "/api/sync/ws [catch-up]")
+            self.live.open()
+
+    def on_stop(self) -> None:
+        if self.live is not None:
+            self.live.close()
 
     def pull_until_current(self, name: str) -> None:
         for _ in range(100):  # bounded even if the server kept saying more
@@ -70,6 +205,8 @@ class BackgroundSyncPhone(FastHttpUser):
 
     @task
     def sync(self) -> None:
+        if self.live is not None and self.live.socket is not None:
+            return  # in the foreground the socket delivers changes; the app does not poll
         self.pull_until_current(name="/api/sync/pull")
 
 
@@ -80,7 +217,10 @@ class OfflineBurstPhone(FastHttpUser):
     wait_time = between(60, 120)
 
     def on_start(self) -> None:
-        self.headers = {"authorization": f"Bearer {token()}", "content-type": "application/json"}
+        self.headers = {
+            "authorization": f"Bearer {account()[0]}",
+            "content-type": "application/json",
+        }
         self.client_id = "load-" + secrets.token_hex(8)
         self.next_id = 1
 
@@ -156,6 +296,15 @@ class Admin(FastHttpUser):
 
     def on_start(self) -> None:
         self.headers = {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+        # The dashboard's live feed of arriving orders, from the log's head (no snapshot).
+        cursor = self.client.get(
+            "/api/admin/live/cursor", headers=self.headers, name="/api/admin/live/cursor"
+        ).json()["cursor"]
+        self.live = LiveSocket(self, ADMIN, cursor, "/api/sync/ws [admin catch-up]")
+        self.live.open()
+
+    def on_stop(self) -> None:
+        self.live.close()
 
     @task
     def review_queue(self) -> None:
@@ -169,9 +318,32 @@ class Admin(FastHttpUser):
         for order in response.json()["items"][:3]:
             decision = "approve" if random.random() < 0.8 else "reject"
             body = {"notes": "ok"} if decision == "approve" else {"reason": "sold out"}
-            self.client.put(
+            with self.client.put(
                 f"/api/admin/orders/{order['id']}/{decision}",
                 json=body,
                 headers=self.headers,
                 name=f"/api/admin/orders/{{id}}/{decision}",
-            )
+                catch_response=True,
+            ) as decided:
+                if decided.status_code == 409:
+                    decided.success()  # another admin decided it first: the expected answer
+
+
+class Farm(FastHttpUser):
+    """The farm updating stock as produce is picked: one change every few seconds, so
+    phones pull real changes and live sockets carry real frames."""
+
+    fixed_count = 1
+    wait_time = constant(3)
+
+    def on_start(self) -> None:
+        self.headers = {"authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+
+    @task
+    def restock(self) -> None:
+        self.client.patch(
+            f"/api/admin/listings/{random.choice(LISTINGS)}",
+            json={"stock": random.randint(500_000, 1_000_000)},
+            headers=self.headers,
+            name="/api/admin/listings/{id} [restock]",
+        )

@@ -21,6 +21,7 @@ import secrets
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jwt  # noqa: E402
-from sqlalchemy import insert, select  # noqa: E402
+from sqlalchemy import func, insert, select  # noqa: E402
 
+from protocol.cursor import CursorCodec, LogCursor  # noqa: E402
 from storage.db import Database, new_id, now_ms  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
-from storage.models import Listing, Order, OrderItem, User  # noqa: E402
+from storage.models import ChangeLogEntry, Listing, Order, OrderItem, User  # noqa: E402
 from storage.seed import seed_listings  # noqa: E402
 from sync_server.cli import _with_changelog, ensure_admin  # noqa: E402
 from sync_server.security import PasswordHasher  # noqa: E402
@@ -41,6 +43,10 @@ from tests.support import services as real  # noqa: E402
 from tests.support.processes import ServerProcess, start_server  # noqa: E402
 
 REPORTS = ROOT / "loadtests" / "reports"
+P95_LIMIT_MS = 250
+# Statistics are reset this long after the last user has started: the capacity figure is
+# for steady state, not for the stampede of every phone starting at the same moment.
+SETTLE_SECONDS = 20
 
 
 async def seed(
@@ -73,7 +79,11 @@ async def seed(
                 ],
             )
             print(f"  users: {min(users, start + 5000)}/{users}", flush=True)
-        listing_rows = (await conn.execute(select(Listing.id, Listing.price))).all()
+        listing_rows = (
+            await conn.execute(
+                select(Listing.id, Listing.price).where(Listing.status == "published")
+            )
+        ).all()
         for start in range(0, orders, 5000):
             batch_orders, batch_items = [], []
             for n in range(start, min(orders, start + 5000)):
@@ -124,30 +134,76 @@ async def user_id_of(settings: Settings, email: str) -> str:
         await db.dispose()
 
 
-def tokens_for(secret: str, user_ids: list[str], path: Path) -> Path:
+def mint_tokens(secret: str, user_ids: list[str]) -> list[str]:
     now = int(time.time())
+    return [
+        jwt.encode(
+            {"sub": uid, "role": "user", "iat": now, "exp": now + 6 * 3600},
+            secret,
+            algorithm="HS256",
+        )
+        for uid in user_ids
+    ]
+
+
+async def log_head(settings: Settings) -> int:
+    db = Database(settings.database_url)
+    try:
+        async with db.read() as conn:
+            query = select(func.coalesce(func.max(ChangeLogEntry.position), 0))
+            return int((await conn.execute(query)).scalar_one())
+    finally:
+        await db.dispose()
+
+
+def write_accounts(settings: Settings, user_ids: list[str], tokens: list[str], path: Path) -> Path:
+    """One "<token> <cursor>" line per user, the cursor at the log's current head: the
+    phones synced before this run started, as phones in pockets have."""
+    codec = CursorCodec(settings.jwt_secret.encode())
+    head = LogCursor(asyncio.run(log_head(settings)))
     path.write_text(
         "\n".join(
-            jwt.encode(
-                {"sub": uid, "role": "user", "iat": now, "exp": now + 6 * 3600},
-                secret,
-                algorithm="HS256",
-            )
-            for uid in user_ids
+            f"{token} {codec.encode(head, uid)}"
+            for uid, token in zip(user_ids, tokens, strict=True)
         )
     )
     return path
 
 
+@dataclass
+class Step:
+    label: str
+    processes: int
+    users: int
+    profile: str
+    rows: dict[str, dict[str, float]]
+    live_frames: str
+
+    @property
+    def total(self) -> dict[str, float]:
+        return self.rows.get("Aggregated", {})
+
+    @property
+    def passed(self) -> bool:
+        return self.total.get("p95", 0) < P95_LIMIT_MS and not self.total.get("failures", 0)
+
+
 def run_locust(
-    hosts: list[str], users: int, seconds: int, label: str, env: dict[str, str]
-) -> dict[str, Any]:
-    REPORTS.mkdir(parents=True, exist_ok=True)
+    hosts: list[str],
+    users: int,
+    steady_seconds: int,
+    label: str,
+    env: dict[str, str],
+    user_classes: list[str],
+) -> tuple[dict[str, Any], str]:
     prefix = REPORTS / label
-    # Several server processes: one locust process per host, users split between them.
+    # One locust process per server host, users split between them: one process of locust
+    # drives one core's worth of load, and each server gets the same share.
     processes = []
+    ramp_seconds = 20
     for index, host in enumerate(hosts):
         share = users // len(hosts) + (1 if index < users % len(hosts) else 0)
+        log = (REPORTS / f"{label}-{index}.log").open("wb")
         processes.append(
             subprocess.Popen(
                 [
@@ -162,26 +218,39 @@ def run_locust(
                     "-u",
                     str(share),
                     "-r",
-                    str(max(1, share // 20)),
+                    str(max(1, share // ramp_seconds)),
                     "--run-time",
-                    f"{seconds}s",
+                    f"{ramp_seconds + SETTLE_SECONDS + steady_seconds}s",
                     "--stop-timeout",
                     "5",
                     "--csv",
                     f"{prefix}-{index}",
+                    "--html",
+                    f"{prefix}-{index}.html",
                     "--only-summary",
+                    *user_classes,
                 ],
-                env={**os.environ, **env},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                env={**os.environ, **env, "LOAD_SETTLE_SECONDS": str(SETTLE_SECONDS)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         )
     for process in processes:
-        process.wait(timeout=seconds + 120)
-    return summarise([Path(f"{prefix}-{index}_stats.csv") for index in range(len(hosts))])
+        process.wait(timeout=ramp_seconds + SETTLE_SECONDS + steady_seconds + 180)
+    frames = [
+        line.split(":", 1)[1].strip()
+        for index in range(len(hosts))
+        for line in (REPORTS / f"{label}-{index}.log").read_text().splitlines()
+        if line.startswith("live frames received:")
+    ]
+    return summarise([Path(f"{prefix}-{index}_stats.csv") for index in range(len(hosts))]), (
+        "; ".join(frames)
+    )
 
 
 def summarise(files: list[Path]) -> dict[str, Any]:
+    """Merge the per-process CSVs: counts and rates add up; for percentiles the worse of
+    the processes is kept (each saw half the users, so neither is a better estimate)."""
     rows: dict[str, dict[str, float]] = {}
     for path in files:
         with path.open() as handle:
@@ -199,33 +268,67 @@ def summarise(files: list[Path]) -> dict[str, Any]:
     return rows
 
 
-def print_summary(title: str, rows: dict[str, Any]) -> None:
-    print(f"\n{title}")
-    print(
-        f"  {'request':42} {'count':>8} {'fail':>6} {'req/s':>8} {'p50':>6} {'p95':>6} {'p99':>6}"
-    )
-    for name, row in sorted(rows.items()):
-        print(
-            f"  {name[:42]:42} {row['requests']:>8.0f} {row['failures']:>6.0f} "
-            f"{row['rps']:>8.1f} {row['p50']:>6.0f} {row['p95']:>6.0f} {row['p99']:>6.0f}"
+def step_table(step: Step) -> list[str]:
+    lines = [
+        f"### {step.processes} server process(es), {step.users} users, profile {step.profile}",
+        "",
+        "| request | count | failures | req/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in sorted(step.rows.items(), key=lambda item: item[0] == "Aggregated"):
+        lines.append(
+            f"| {name} | {row['requests']:.0f} | {row['failures']:.0f} | {row['rps']:.1f} "
+            f"| {row['p50']:.0f} | {row['p95']:.0f} | {row['p99']:.0f} |"
         )
+    if step.live_frames:
+        lines.append(f"\nlive frames received: {step.live_frames}")
+    return [*lines, ""]
+
+
+def capacity_table(steps: list[Step]) -> list[str]:
+    lines = [
+        "| server processes | users | req/s | p50 ms | p95 ms | p99 ms | failures | within limit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for step in steps:
+        total = step.total
+        lines.append(
+            f"| {step.processes} | {step.users} | {total.get('rps', 0):.0f} "
+            f"| {total.get('p50', 0):.0f} | {total.get('p95', 0):.0f} | {total.get('p99', 0):.0f} "
+            f"| {total.get('failures', 0):.0f} | {'yes' if step.passed else 'no'} |"
+        )
+    best = {
+        count: max((s.users for s in steps if s.processes == count and s.passed), default=0)
+        for count in sorted({s.processes for s in steps})
+    }
+    lines.append("")
+    lines.append(
+        "capacity (most background-sync users with p95 < 250 ms and no failures): "
+        + ", ".join(f"{count} process(es): {users}" for count, users in best.items())
+    )
+    if best.get(1) and best.get(2):
+        lines.append(f"two processes / one: {best[2] / best[1]:.2f}x")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--users", type=int, default=500)
-    parser.add_argument("--run-time", type=int, default=60, help="seconds per run")
+    parser.add_argument("--users", type=int, default=500, help="users in the mixed-profile run")
+    parser.add_argument(
+        "--run-time", type=int, default=90, help="seconds of steady state per run (after ramp)"
+    )
     parser.add_argument(
         "--capacity",
         action="store_true",
-        help="step background-sync users up until p95 >= 250 ms or failures",
+        help="step background-sync users up until p95 >= 250 ms or a failure",
     )
-    parser.add_argument("--steps", default="250,500,1000,2000,3000")
-    parser.add_argument("--listings", type=int, default=1000)
+    parser.add_argument("--steps", default="1000,2000,4000,6000,8000")
+    parser.add_argument("--processes", default="1,2", help="server process counts to run")
+    parser.add_argument("--listings", type=int, default=2000)
     parser.add_argument("--seed-users", type=int, default=20000)
-    parser.add_argument("--seed-orders", type=int, default=20000)
+    parser.add_argument("--seed-orders", type=int, default=30000)
     args = parser.parse_args()
 
     secret = secrets.token_hex(24)
@@ -241,7 +344,9 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "EXPO_PUSH_URL": "http://127.0.0.1:9",
     }
+    REPORTS.mkdir(parents=True, exist_ok=True)
     servers: list[ServerProcess] = []
+    steps: list[Step] = []
     try:
         upgrade(database_url)
         settings = Settings.from_environ(env)
@@ -250,7 +355,6 @@ def main() -> None:
             seed(settings, args.listings, args.seed_users, args.seed_orders)
         )
         asyncio.run(ensure_admin(settings, "load-admin@freshroots.test", "load admin pass", "A"))
-        REPORTS.mkdir(parents=True, exist_ok=True)
         admin_id = asyncio.run(user_id_of(settings, "load-admin@freshroots.test"))
         admin = jwt.encode(
             {
@@ -262,44 +366,76 @@ def main() -> None:
             secret,
             algorithm="HS256",
         )
-        locust_env = {
-            "LOAD_TOKENS": str(tokens_for(secret, user_ids, REPORTS / "tokens.txt")),
-            "LOAD_ADMIN": admin,
-        }
+        tokens = mint_tokens(secret, user_ids)
         (REPORTS / "listings.txt").write_text("\n".join(listing_ids))
-        locust_env["LOAD_LISTINGS"] = str(REPORTS / "listings.txt")
-        servers = [start_server(env), start_server(env)]
-        table = []
-        for count in (1, 2):
-            hosts = [server.base_url for server in servers[:count]]
-            steps = [int(n) for n in args.steps.split(",")] if args.capacity else [args.users]
-            for users in steps:
-                rows = run_locust(hosts, users, args.run_time, f"{count}proc-{users}u", locust_env)
-                print_summary(f"{count} server process(es), {users} users, {args.run_time}s", rows)
-                total = rows.get("Aggregated", {})
-                table.append(
-                    (
-                        count,
-                        users,
-                        total.get("rps", 0),
-                        total.get("p50", 0),
-                        total.get("p95", 0),
-                        total.get("p99", 0),
-                        total.get("failures", 0),
-                    )
-                )
-                if args.capacity and (total.get("p95", 0) >= 250 or total.get("failures", 0)):
-                    break
-        print("\nprocesses  users  req/s   p50   p95   p99  failures")
-        for count, users, rps, p50, p95, p99, failures in table:
+        locust_env = {
+            "LOAD_TOKENS": str(REPORTS / "accounts.txt"),
+            "LOAD_ADMIN": admin,
+            "LOAD_LISTINGS": str(REPORTS / "listings.txt"),
+        }
+        counts = [int(n) for n in args.processes.split(",")]
+        server_log = (REPORTS / "servers.log").open("wb")
+        # Phones reach the app through nginx, which keeps their connections 65 s; here they
+        # connect directly, so the app keeps them as long as nginx would.
+        servers = [
+            start_server(env, log=server_log, serve_args=["--keep-alive", "65"])
+            for _ in range(max(counts))
+        ]
+        plan: list[tuple[int, int, str]] = []
+        for count in counts:
+            if args.capacity:
+                plan += [(count, int(n), "sync") for n in args.steps.split(",")]
+            plan.append((count, args.users, "mixed"))
+        failed_at: set[int] = set()
+        for count, users, profile in plan:
+            if profile == "sync" and count in failed_at:
+                continue
+            write_accounts(settings, user_ids, tokens, REPORTS / "accounts.txt")
+            label = f"{count}proc-{users}u-{profile}"
             print(
-                f"{count:>9} {users:>6} {rps:>6.0f} {p50:>5.0f} {p95:>5.0f} {p99:>5.0f} "
-                f"{failures:>9.0f}"
+                f"\n{label}: ramp 20 s, settle {SETTLE_SECONDS} s, {args.run_time} s measured",
+                flush=True,
             )
+            classes = ["BackgroundSyncPhone", "Farm"] if profile == "sync" else []
+            rows, frames = run_locust(
+                [server.base_url for server in servers[:count]],
+                users,
+                args.run_time,
+                label,
+                locust_env,
+                classes,
+            )
+            step = Step(label, count, users, profile, rows, frames)
+            steps.append(step)
+            print("\n".join(step_table(step)), flush=True)
+            if profile == "sync" and not step.passed:
+                failed_at.add(count)
+        capacity = [step for step in steps if step.profile == "sync"]
+        report = [
+            "# Load report",
+            "",
+            f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, PostgreSQL + Redis, "
+            f"{args.listings} listings, {args.seed_users} users, {args.seed_orders} past orders; "
+            f"{args.run_time} s measured per step, after a 20 s ramp and {SETTLE_SECONDS} s to "
+            "settle.",
+            "",
+        ]
+        if capacity:
+            report += ["## Capacity (background-sync phones + one farm editing stock)", ""]
+            report += [*capacity_table(capacity), ""]
+        report += ["## Every run", ""]
+        for step in steps:
+            report += step_table(step)
+        (REPORTS / "report.md").write_text("\n".join(report))
+        print("\n" + "\n".join(report), flush=True)
+        print(f"\nreport: {REPORTS / 'report.md'}; CSVs and HTML beside it", flush=True)
     finally:
         for server in servers:
             server.process.terminate()
-            server.process.wait(10)
+            try:
+                server.process.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
         real.drop_database(database_url)
         real.clear_redis_prefix(prefix)
 

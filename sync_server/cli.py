@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=settings.ws_per_message_deflate,
         ws=settings.ws_implementation,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=args.keep_alive,
     )
     return 0
 
@@ -351,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--forwarded-allow-ips",
         default="127.0.0.1",
         help="proxies trusted for X-Forwarded-* (default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--keep-alive",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="close idle HTTP connections after this long (default 5); behind a proxy that "
+        "pools upstream connections, set it above the proxy's idle timeout",
     )
     serve.set_defaults(run=cmd_serve)
 

@@ -131,8 +131,9 @@ class BodyMiddleware:
             await error_response(PayloadTooLarge())(scope, receive, send)
             return
         if b"%00" in scope.get("query_string", b""):  # no database text may hold NUL
-            await error_response(BadRequest("Parameters must not contain NUL characters.",
-                                            code="invalid_parameter"))(scope, receive, send)
+            await error_response(
+                BadRequest("Parameters must not contain NUL characters.", code="invalid_parameter")
+            )(scope, receive, send)
             return
         if encoding not in ("identity", "gzip"):
             await error_response(UnsupportedMediaType("Content-Encoding must be gzip."))(

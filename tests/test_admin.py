@@ -9,10 +9,26 @@ from tests.support.api import Api, client_id, register
 
 def buy(api: Api, listing_id: str, quantity: int) -> str:
     order_id = "ord-" + secrets.token_hex(6)
-    result = api.push(client_id(), [{"id": 1, "name": "purchase_request", "args": {
-        "order_id": order_id, "payment_method": "cod",
-        "items": [{"item_id": "itm-" + secrets.token_hex(6), "listing_id": listing_id,
-                   "quantity": quantity}]}}]).json()["results"][0]
+    result = api.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listing_id,
+                            "quantity": quantity,
+                        }
+                    ],
+                },
+            }
+        ],
+    ).json()["results"][0]
     assert result["ok"], result
     return order_id
 
@@ -51,13 +67,21 @@ def test_analytics(admin: Api, server: str) -> None:
 
     body = admin.get("/api/admin/analytics").json()
     assert body["orders_per_day"] and all(
-        {"day", "orders", "revenue"} <= set(row) for row in body["orders_per_day"])
+        {"day", "orders", "revenue"} <= set(row) for row in body["orders_per_day"]
+    )
     assert sum(row["revenue"] for row in body["orders_per_day"]) >= 3000
     assert 0 < body["approval_rate"] < 1
     assert body["mean_time_to_approve_seconds"] is not None
     mine = [row for row in body["interest_conversion"] if row["listing_id"] == listing["id"]]
-    assert mine == [{"listing_id": listing["id"], "title": listing["title"], "interested": 2,
-                     "purchased": 2, "rate": 1.0}]
+    assert mine == [
+        {
+            "listing_id": listing["id"],
+            "title": listing["title"],
+            "interested": 2,
+            "purchased": 2,
+            "rate": 1.0,
+        }
+    ]
     assert any(row["query"] == f"durian{tag}" for row in body["searches_without_results"])
     assert any(row["listing_id"] == listing["id"] for row in body["top_listings"])
     assert admin.get("/api/admin/analytics", params={"from": 10, "to": 5}).status_code == 422

@@ -20,10 +20,14 @@ def latest_code(backend: Backend, email: str) -> str:
         db = Database(backend.env["DATABASE_URL"])
         try:
             async with db.read() as conn:
-                payload = (await conn.execute(
-                    select(OutboxItem.payload)
-                    .where(OutboxItem.recipient == email, OutboxItem.channel == "email")
-                    .order_by(OutboxItem.id.desc()).limit(1))).scalar_one()
+                payload = (
+                    await conn.execute(
+                        select(OutboxItem.payload)
+                        .where(OutboxItem.recipient == email, OutboxItem.channel == "email")
+                        .order_by(OutboxItem.id.desc())
+                        .limit(1)
+                    )
+                ).scalar_one()
         finally:
             await db.dispose()
         return str(orjson.loads(payload)["code"])
@@ -51,21 +55,32 @@ def test_password_reset_signs_everyone_out(server: str, backend: Backend) -> Non
     anonymous = Api(server)
     assert anonymous.post("/api/auth/password-reset/request", json={"email": email}).json() == {}
     code = latest_code(backend, email)
-    done = anonymous.post("/api/auth/password-reset/confirm",
-                          json={"email": email, "code": code, "new_password": "new password 2"})
+    done = anonymous.post(
+        "/api/auth/password-reset/confirm",
+        json={"email": email, "code": code, "new_password": "new password 2"},
+    )
     assert done.status_code == 204
-    assert anonymous.post("/api/auth/refresh",
-                          json={"refresh_token": api.refresh_token}).status_code == 401
-    assert anonymous.post("/api/auth/login", json={"email": email,
-                                                   "password": "old password 1"}).status_code == 401
+    assert (
+        anonymous.post("/api/auth/refresh", json={"refresh_token": api.refresh_token}).status_code
+        == 401
+    )
+    assert (
+        anonymous.post(
+            "/api/auth/login", json={"email": email, "password": "old password 1"}
+        ).status_code
+        == 401
+    )
     assert login(server, email, "new password 2").token
-    again = anonymous.post("/api/auth/password-reset/confirm",
-                           json={"email": email, "code": code, "new_password": "third pass 3"})
+    again = anonymous.post(
+        "/api/auth/password-reset/confirm",
+        json={"email": email, "code": code, "new_password": "third pass 3"},
+    )
     assert again.status_code == 400  # used
 
 
 def test_the_sixth_wrong_try_is_locked_out_even_with_the_right_code(
-        server: str, backend: Backend) -> None:
+    server: str, backend: Backend
+) -> None:
     api = register(server, "guessed")
     email = api.user["email"]
     anonymous = Api(server)
@@ -73,11 +88,15 @@ def test_the_sixth_wrong_try_is_locked_out_even_with_the_right_code(
     code = latest_code(backend, email)
     wrong = "000000" if code != "000000" else "111111"
     for _ in range(5):
-        response = anonymous.post("/api/auth/password-reset/confirm", json={
-            "email": email, "code": wrong, "new_password": "whatever pass"})
+        response = anonymous.post(
+            "/api/auth/password-reset/confirm",
+            json={"email": email, "code": wrong, "new_password": "whatever pass"},
+        )
         assert response.status_code == 400
-    dead = anonymous.post("/api/auth/password-reset/confirm", json={
-        "email": email, "code": code, "new_password": "whatever pass"})
+    dead = anonymous.post(
+        "/api/auth/password-reset/confirm",
+        json={"email": email, "code": code, "new_password": "whatever pass"},
+    )
     assert dead.status_code == 400 and dead.json()["error"]["code"] == "invalid_code"
 
 
@@ -106,6 +125,8 @@ def test_reset_requests_do_not_reveal_accounts(server: str) -> None:
         for email in (api.user["email"], "nobody-here@example.mu")
     ]
     assert [(r.status_code, r.content) for r in answers] == [(202, b"{}")] * 2
-    bad = anonymous.post("/api/auth/password-reset/confirm", json={
-        "email": "nobody-here@example.mu", "code": "123456", "new_password": "long enough 1"})
+    bad = anonymous.post(
+        "/api/auth/password-reset/confirm",
+        json={"email": "nobody-here@example.mu", "code": "123456", "new_password": "long enough 1"},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_code"

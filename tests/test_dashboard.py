@@ -27,17 +27,26 @@ def browser() -> Iterator[Any]:
     while it is open, and the session fixtures set up with asyncio.run must come first."""
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         if services_required():
-            pytest.fail("Debian's chromium is needed for the dashboard tests (apt-get install "
-                        "chromium)")
+            pytest.fail(
+                "Debian's chromium is needed for the dashboard tests (apt-get install chromium)"
+            )
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-quic"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
         yield instance
         instance.close()
 
@@ -58,10 +67,27 @@ def test_dashboard_live_queue_approve_and_audit(
     page.wait_for_selector("#live.on", timeout=10_000)
 
     order_id = "dash-" + secrets.token_hex(5)
-    result = buyer.push(client_id(), [{"id": 1, "name": "purchase_request", "args": {
-        "order_id": order_id, "payment_method": "cod", "note": "Leave at the gate",
-        "items": [{"item_id": "dash-i-" + secrets.token_hex(5), "listing_id": listing["id"],
-                   "quantity": 2}]}}]).json()["results"][0]
+    result = buyer.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "note": "Leave at the gate",
+                    "items": [
+                        {
+                            "item_id": "dash-i-" + secrets.token_hex(5),
+                            "listing_id": listing["id"],
+                            "quantity": 2,
+                        }
+                    ],
+                },
+            }
+        ],
+    ).json()["results"][0]
     assert result["ok"], result
     row = page.wait_for_selector(f"tr[data-order='{order_id}']", timeout=15_000)  # no reload
     assert "Rs 110.00" in row.inner_text()
@@ -89,8 +115,9 @@ def test_dashboard_live_queue_approve_and_audit(
 
 def test_session_cookies_are_httponly_and_csrf_protected(server: str, admin_email: str) -> None:
     with httpx.Client(base_url=server) as client:
-        signed_in = client.post("/admin/session",
-                                json={"email": admin_email, "password": ADMIN_PASSWORD})
+        signed_in = client.post(
+            "/admin/session", json={"email": admin_email, "password": ADMIN_PASSWORD}
+        )
         assert signed_in.status_code == 200
         cookies = signed_in.headers.get_list("set-cookie")
         refresh = next(c for c in cookies if c.startswith("fr_admin_refresh="))

@@ -101,6 +101,30 @@ def test_push_over_the_socket_and_admins_see_orders_live(
         phone.close()
 
 
+def test_the_dashboard_feed_starts_at_the_head_without_a_snapshot(
+    admin: Api, buyer: Api, server: str
+) -> None:
+    old = admin.create_listing(title="Before the dashboard opened", stock=4)
+    assert buyer.get("/api/admin/live/cursor").status_code == 403
+    response = admin.get("/api/admin/live/cursor")
+    assert response.status_code == 200, response.text
+    watcher = LiveClient(server, admin.token, cursor=response.json()["cursor"])  # type: ignore[arg-type]
+    try:
+        frames = watcher.catch_up()
+        assert frames[-1]["more"] is False and frames[-1]["reset"] is False
+        assert old["id"] not in watcher.replica.get("listings", {})  # no snapshot came
+        fresh = admin.create_listing(title="After", stock=2)
+        watcher.wait_for(holds("listings", fresh["id"], title="After"))
+        # The cursor is bound to its admin, like any other.
+        other = LiveClient(server, buyer.token, cursor=response.json()["cursor"])  # type: ignore[arg-type]
+        try:
+            assert other.catch_up()[0]["reset"] is True
+        finally:
+            other.close()
+    finally:
+        watcher.close()
+
+
 def test_close_codes(server: str, buyer: Api, backend: Backend) -> None:
     def code_after(message: str | None) -> int | None:
         with connect(ws_url(server)) as connection:

@@ -28,12 +28,16 @@ def test_signed_upload_then_responsive_urls(backend: Backend, admin_email: str) 
             listing = admin.create_listing(title="Photogenic giraumon")
             signed = admin.post("/api/admin/media/sign", json={"folder": "listings"}).json()
             assert signed["upload_url"].startswith(cloudinary)
-            uploaded = httpx.post(signed["upload_url"], data=signed["params"],
-                                  files={"file": ("giraumon.png", tiny_png(), "image/png")})
+            uploaded = httpx.post(
+                signed["upload_url"],
+                data=signed["params"],
+                files={"file": ("giraumon.png", tiny_png(), "image/png")},
+            )
             assert uploaded.status_code == 200, uploaded.text
             public_id = uploaded.json()["public_id"]
-            patched = admin.patch(f"/api/admin/listings/{listing['id']}",
-                                  json={"images": [public_id]})
+            patched = admin.patch(
+                f"/api/admin/listings/{listing['id']}", json={"images": [public_id]}
+            )
             assert patched.status_code == 200
 
             full = admin.get(f"/api/listings/{listing['id']}").json()
@@ -41,13 +45,17 @@ def test_signed_upload_then_responsive_urls(backend: Backend, admin_email: str) 
             assert "f_auto,q_auto/" in full["image_urls"][0]["medium"]
             eco = admin.get(f"/api/listings/{listing['id']}", headers={"save-data": "on"}).json()
             assert "q_auto:eco" in eco["image_urls"][0]["medium"]
-            bad = admin.patch(f"/api/admin/listings/{listing['id']}",
-                              json={"images": ["../../etc/passwd"]})
+            bad = admin.patch(
+                f"/api/admin/listings/{listing['id']}", json={"images": ["../../etc/passwd"]}
+            )
             assert bad.status_code == 422
 
             tampered = dict(signed["params"], folder="somewhere-else")
-            refused = httpx.post(signed["upload_url"], data=tampered,
-                                 files={"file": ("x.png", tiny_png(), "image/png")})
+            refused = httpx.post(
+                signed["upload_url"],
+                data=tampered,
+                files={"file": ("x.png", tiny_png(), "image/png")},
+            )
             assert refused.status_code == 401
 
 
@@ -65,10 +73,26 @@ def test_product_events_reach_posthog(backend: Backend, admin_email: str) -> Non
             admin = login(base_url, admin_email, ADMIN_PASSWORD)
             buyer = register(base_url, "tracked")
             listing = admin.create_listing(stock=3)
-            buyer.push(client_id(), [{"id": 1, "name": "purchase_request", "args": {
-                "order_id": "ph-" + buyer.user["id"][:10], "payment_method": "cod",
-                "items": [{"item_id": "phi-" + buyer.user["id"][:10],
-                           "listing_id": listing["id"], "quantity": 1}]}}])
+            buyer.push(
+                client_id(),
+                [
+                    {
+                        "id": 1,
+                        "name": "purchase_request",
+                        "args": {
+                            "order_id": "ph-" + buyer.user["id"][:10],
+                            "payment_method": "cod",
+                            "items": [
+                                {
+                                    "item_id": "phi-" + buyer.user["id"][:10],
+                                    "listing_id": listing["id"],
+                                    "quantity": 1,
+                                }
+                            ],
+                        },
+                    }
+                ],
+            )
             deadline = time.monotonic() + 20
             state = standin.state.posthog
             while not state.events and time.monotonic() < deadline:

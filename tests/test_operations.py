@@ -17,8 +17,14 @@ from tests.support.api import Api, register
 
 
 def freshroots(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sync_server.cli", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=120, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "sync_server.cli", *args],
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
 
 
 def test_the_embedded_secret_is_generated_once_and_private(tmp_path: Path) -> None:
@@ -50,8 +56,9 @@ def test_serve_refuses_an_unmigrated_database_and_migrate_fixes_it(tmp_path: Pat
     assert migrated.returncode == 0 and "schema migrated" in migrated.stdout
     again = freshroots("migrate", env=env, cwd=tmp_path)
     assert "already current" in again.stdout
-    admin = freshroots("create-admin", "--email", "ops@freshroots.mu", "--password", "short",
-                       env=env, cwd=tmp_path)
+    admin = freshroots(
+        "create-admin", "--email", "ops@freshroots.mu", "--password", "short", env=env, cwd=tmp_path
+    )
     assert admin.returncode == 2 and "password" in admin.stderr
     help_text = freshroots("--help", env=env, cwd=tmp_path).stdout
     for command in ("serve", "migrate", "seed-demo", "create-admin", "worker"):
@@ -78,9 +85,13 @@ def test_health_readiness_and_metrics(server: str) -> None:
     assert ready["status"] == "ok" and ready["checks"]["database"] == "ok"
     httpx.get(f"{server}/api/listings")
     metrics = httpx.get(f"{server}/metrics").text
-    for name in ("freshroots_outbox_lag_seconds", "freshroots_changelog_head",
-                 "freshroots_db_pool_in_use", "freshroots_live_sessions",
-                 'freshroots_request_seconds_bucket{le="0.005",method="GET",route="/api/listings"}'):
+    for name in (
+        "freshroots_outbox_lag_seconds",
+        "freshroots_changelog_head",
+        "freshroots_db_pool_in_use",
+        "freshroots_live_sessions",
+        'freshroots_request_seconds_bucket{le="0.005",method="GET",route="/api/listings"}',
+    ):
         assert name in metrics, name
 
 
@@ -93,9 +104,18 @@ def test_cors_is_an_allow_list(backend: object, tmp_path: Path) -> None:
     app = create_app(backend.settings(CORS_ORIGINS="https://admin.freshroots.mu"))
     with serve_in_thread(app) as base_url:
         api = Api(base_url)
-        allowed = api.request("OPTIONS", "/api/listings", headers={
-            "origin": "https://admin.freshroots.mu", "access-control-request-method": "GET"})
-        denied = api.request("OPTIONS", "/api/listings", headers={
-            "origin": "https://evil.example", "access-control-request-method": "GET"})
+        allowed = api.request(
+            "OPTIONS",
+            "/api/listings",
+            headers={
+                "origin": "https://admin.freshroots.mu",
+                "access-control-request-method": "GET",
+            },
+        )
+        denied = api.request(
+            "OPTIONS",
+            "/api/listings",
+            headers={"origin": "https://evil.example", "access-control-request-method": "GET"},
+        )
     assert allowed.headers.get("access-control-allow-origin") == "https://admin.freshroots.mu"
     assert "access-control-allow-origin" not in denied.headers

@@ -53,9 +53,14 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 
 
 def mail_server_env(port: int) -> dict[str, str]:
-    return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_STARTTLS": "false",
-            "OUTBOX_WORKER": "on", "OUTBOX_POLL_SECONDS": "0.2",
-            "EMAIL_FROM": "Fresh Roots <no-reply@freshroots.test>"}
+    return {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(port),
+        "SMTP_STARTTLS": "false",
+        "OUTBOX_WORKER": "on",
+        "OUTBOX_POLL_SECONDS": "0.2",
+        "EMAIL_FROM": "Fresh Roots <no-reply@freshroots.test>",
+    }
 
 
 def test_codes_arrive_by_email_through_the_outbox(
@@ -84,10 +89,23 @@ def test_order_events_are_emailed_once_each(
         admin = login(base_url, admin_email, ADMIN_PASSWORD)
         buyer = register(base_url, "customer")
         listing = admin.create_listing(stock=4)
-        batch = [{"id": 1, "name": "purchase_request", "args": {
-            "order_id": "mail-order-1" + buyer.user["id"][:6], "payment_method": "cod",
-            "items": [{"item_id": "mail-item-1" + buyer.user["id"][:6],
-                       "listing_id": listing["id"], "quantity": 1}]}}]
+        batch = [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": "mail-order-1" + buyer.user["id"][:6],
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "mail-item-1" + buyer.user["id"][:6],
+                            "listing_id": listing["id"],
+                            "quantity": 1,
+                        }
+                    ],
+                },
+            }
+        ]
         device = client_id()
         for _ in range(3):  # replays must not queue more mail
             buyer.push(device, batch)
@@ -112,9 +130,13 @@ def test_a_relay_outage_is_retried_later(backend: Backend, mailbox: tuple[Mailbo
             db = Database(backend.env["DATABASE_URL"])
             try:
                 async with db.read() as conn:
-                    row = (await conn.execute(
-                        select(OutboxItem.status, OutboxItem.attempts, OutboxItem.last_error)
-                        .where(OutboxItem.recipient == api.user["email"]))).one()
+                    row = (
+                        await conn.execute(
+                            select(
+                                OutboxItem.status, OutboxItem.attempts, OutboxItem.last_error
+                            ).where(OutboxItem.recipient == api.user["email"])
+                        )
+                    ).one()
                     return row.status, row.attempts, row.last_error
             finally:
                 await db.dispose()
@@ -148,8 +170,13 @@ def test_two_workers_racing_deliver_each_item_once(
         log = ChangeLog(db_a, ChangeFeed(MemoryCache(), MemoryPubSub(), 30))
         async with log.transaction() as tx:
             for address in recipients:
-                await enqueue(tx, "email", f"{tag}:{address}", address,
-                              {"template": "order_event", "title": "Race", "message": "hello"})
+                await enqueue(
+                    tx,
+                    "email",
+                    f"{tag}:{address}",
+                    address,
+                    {"template": "order_event", "title": "Race", "message": "hello"},
+                )
         channel = EmailChannel(EmailSettings(host="127.0.0.1", port=port, starttls=False))
         workers = [OutboxWorker(db, [channel], 0.05) for db in (db_a, db_b)]
         channel.batch_size = 5  # small claims, many rounds: plenty of chances to collide

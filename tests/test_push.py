@@ -197,30 +197,51 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_only_the_unanswered
         log = ChangeLog(db, ChangeFeed(MemoryCache(), MemoryPubSub(), 30))
         async with log.transaction() as tx:
             for token, notification_id in intents:
-                await enqueue(tx, "push", f"push:{notification_id}", token, {
-                    "title": "Order approved", "body": "Your order was approved.",
-                    "data": {"order_id": f"o-{tag}", "notification_id": notification_id}})
+                await enqueue(
+                    tx,
+                    "push",
+                    f"push:{notification_id}",
+                    token,
+                    {
+                        "title": "Order approved",
+                        "body": "Your order was approved.",
+                        "data": {"order_id": f"o-{tag}", "notification_id": notification_id},
+                    },
+                )
         await db.dispose()
 
     asyncio.run(queue_intents())
     with serve_in_thread(slow_expo) as expo_url:
-        env = {**os.environ, **backend.env, "EXPO_PUSH_URL": expo_url,
-               "OUTBOX_POLL_SECONDS": "0.1", "OUTBOX_LEASE_SECONDS": "2"}
+        env = {
+            **os.environ,
+            **backend.env,
+            "EXPO_PUSH_URL": expo_url,
+            "OUTBOX_POLL_SECONDS": "0.1",
+            "OUTBOX_LEASE_SECONDS": "2",
+        }
         command = [sys.executable, "-m", "sync_server.cli", "worker"]
-        worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             until(lambda: len(arrived) >= 2, timeout=30)
             worker.send_signal(signal.SIGKILL)  # batch 1 answered and recorded; 2 in flight
             worker.wait(10)
-            answered = [(m["to"], m["data"]["notification_id"]) for m in state.messages
-                        if m["data"]["order_id"] == f"o-{tag}"]  # batch 2 is still sleeping
-            worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
+            answered = [
+                (m["to"], m["data"]["notification_id"])
+                for m in state.messages
+                if m["data"]["order_id"] == f"o-{tag}"
+            ]  # batch 2 is still sleeping
+            worker = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
 
             def delivered() -> set[tuple[str, str]]:
-                return {(m["to"], m["data"]["notification_id"]) for m in state.messages
-                        if m["data"]["order_id"] == f"o-{tag}"}
+                return {
+                    (m["to"], m["data"]["notification_id"])
+                    for m in state.messages
+                    if m["data"]["order_id"] == f"o-{tag}"
+                }
 
             until(lambda: delivered() == set(intents), timeout=60)
         finally:
@@ -250,5 +271,10 @@ def test_a_token_reported_dead_in_receipts_is_deactivated(
         listing = admin.create_listing(stock=3)
         order(buyer, listing["id"])
         until(lambda: any(m["to"] == token for m in state.messages))
-        until(lambda: query(backend, select(Device.active).where(
-            Device.expo_push_token == token)) == [(False,)], timeout=30)
+        until(
+            lambda: (
+                query(backend, select(Device.active).where(Device.expo_push_token == token))
+                == [(False,)]
+            ),
+            timeout=30,
+        )

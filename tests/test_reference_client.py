@@ -13,8 +13,9 @@ from tests.support.api import Api
 from tests.support.replica import build, without_empty
 
 
-def client_for(base_url: str, api: Api, tmp_path: Path, sleeps: list[float] | None = None,
-               name: str = "phone") -> SyncClient:
+def client_for(
+    base_url: str, api: Api, tmp_path: Path, sleeps: list[float] | None = None, name: str = "phone"
+) -> SyncClient:
     recorded = sleeps if sleeps is not None else []
     return SyncClient(
         base_url,
@@ -28,9 +29,17 @@ def client_for(base_url: str, api: Api, tmp_path: Path, sleeps: list[float] | No
 
 
 def purchase_args(listing_id: str, quantity: int = 1) -> dict:
-    return {"order_id": "ord-" + secrets.token_hex(6), "payment_method": "cod",
-            "items": [{"item_id": "itm-" + secrets.token_hex(6), "listing_id": listing_id,
-                       "quantity": quantity}]}
+    return {
+        "order_id": "ord-" + secrets.token_hex(6),
+        "payment_method": "cod",
+        "items": [
+            {
+                "item_id": "itm-" + secrets.token_hex(6),
+                "listing_id": listing_id,
+                "quantity": quantity,
+            }
+        ],
+    }
 
 
 def test_initial_sync_builds_the_servers_state(admin: Api, buyer: Api, tmp_path: Path) -> None:
@@ -48,8 +57,9 @@ def test_offline_queue_survives_and_replays_exactly_once(
     listing = admin.create_listing(stock=9)
     sleeps: list[float] = []
     offline = client_for("http://127.0.0.1:9", buyer, tmp_path, sleeps)
-    ids = [offline.queue.enqueue("purchase_request", purchase_args(listing["id"]))
-           for _ in range(3)]
+    ids = [
+        offline.queue.enqueue("purchase_request", purchase_args(listing["id"])) for _ in range(3)
+    ]
     assert ids == [1, 2, 3]
     with pytest.raises(TransientError):
         offline.push_pending()
@@ -57,8 +67,13 @@ def test_offline_queue_survives_and_replays_exactly_once(
     offline.queue.close()
 
     online = client_for(buyer.base_url, buyer, tmp_path)  # the same files, after a restart
-    assert online.queue.enqueue("express_interest", {
-        "interest_id": "int-" + secrets.token_hex(6), "listing_id": listing["id"]}) == 4
+    assert (
+        online.queue.enqueue(
+            "express_interest",
+            {"interest_id": "int-" + secrets.token_hex(6), "listing_id": listing["id"]},
+        )
+        == 4
+    )
     # The first send reached the server but its answer was lost: send the same batch by hand.
     batch = online.queue.pending()
     first = buyer.push(online.queue.client_id, batch).json()["results"]

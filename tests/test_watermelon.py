@@ -25,8 +25,13 @@ def node_modules() -> Path:
             pytest.fail("node and npm are needed to drive WatermelonDB")
         pytest.skip("node and npm are not installed")
     if not (DRIVER / "node_modules" / "@nozbe" / "watermelondb").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=DRIVER, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=DRIVER,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     return DRIVER / "node_modules"
 
 
@@ -35,8 +40,13 @@ class Device:
 
     def __init__(self, base_url: str, token: str) -> None:
         self.process = subprocess.Popen(
-            ["node", str(DRIVER / "driver.js"), base_url, token], cwd=DRIVER,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            ["node", str(DRIVER / "driver.js"), base_url, token],
+            cwd=DRIVER,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def call(self, **command: Any) -> dict[str, Any]:
         assert self.process.stdin and self.process.stdout
@@ -68,10 +78,13 @@ def devices(node_modules: Path) -> Iterator[list[Device]]:
 
 def order(device: Device, listing_id: str, quantity: int) -> str:
     order_id = "wm-" + secrets.token_hex(6)
-    reply = device.call(op="order", order={"id": order_id, "payment_method": "cod",
-                                           "total": 1},  # the server never trusts this
-                        items=[{"id": "wmi-" + secrets.token_hex(6), "listing_id": listing_id,
-                                "quantity": quantity}])
+    reply = device.call(
+        op="order",
+        order={"id": order_id, "payment_method": "cod", "total": 1},  # the server never trusts this
+        items=[
+            {"id": "wmi-" + secrets.token_hex(6), "listing_id": listing_id, "quantity": quantity}
+        ],
+    )
     assert reply["ok"], reply
     return order_id
 
@@ -80,8 +93,9 @@ def test_first_sync_offline_order_second_device_and_server_edits(
     admin: Api, server: str, devices: list[Device]
 ) -> None:
     buyer = register(server, "melon")
-    listing = admin.create_listing(title="Watermelon", stock=10, price=12000,
-                                   images=["freshroots/wm-1"])
+    listing = admin.create_listing(
+        title="Watermelon", stock=10, price=12000, images=["freshroots/wm-1"]
+    )
     doomed = admin.create_listing(title="Going away", stock=2)
     phone = Device(server, buyer.token)  # type: ignore[arg-type]
     devices.append(phone)
@@ -123,11 +137,20 @@ def test_a_repeated_push_changes_nothing_and_shortage_is_recorded(
     phone.sync()
     order_id = "wm-" + secrets.token_hex(6)
     item_id = "wmi-" + secrets.token_hex(6)
-    changes = {"orders": {"created": [{"id": order_id, "payment_method": "cod"}], "updated": [],
-                          "deleted": []},
-               "order_items": {"created": [{"id": item_id, "order_id": order_id,
-                                            "listing_id": listing["id"], "quantity": 2}],
-                               "updated": [], "deleted": []}}
+    changes = {
+        "orders": {
+            "created": [{"id": order_id, "payment_method": "cod"}],
+            "updated": [],
+            "deleted": [],
+        },
+        "order_items": {
+            "created": [
+                {"id": item_id, "order_id": order_id, "listing_id": listing["id"], "quantity": 2}
+            ],
+            "updated": [],
+            "deleted": [],
+        },
+    }
     for _ in range(3):  # the acknowledgement was lost twice
         response = buyer.post("/api/sync/watermelon", params={"last_pulled_at": 1}, json=changes)
         assert response.status_code == 200 and response.json() == {}
@@ -147,26 +170,53 @@ def test_unwritable_records_are_rejected_and_conflicts_refused(
     listing = admin.create_listing(stock=5)
     pulled = buyer.get("/api/sync/watermelon", params={"last_pulled_at": "null"}).json()
     assert 1 <= pulled["timestamp"] <= 2**53
-    response = buyer.post("/api/sync/watermelon", params={"last_pulled_at": pulled["timestamp"]},
-                          json={"listings": {"created": [{"id": "fake-listing-1", "title": "x"}],
-                                             "updated": [{"id": listing["id"], "price": 1}],
-                                             "deleted": []}})
+    response = buyer.post(
+        "/api/sync/watermelon",
+        params={"last_pulled_at": pulled["timestamp"]},
+        json={
+            "listings": {
+                "created": [{"id": "fake-listing-1", "title": "x"}],
+                "updated": [{"id": listing["id"], "price": 1}],
+                "deleted": [],
+            }
+        },
+    )
     assert response.status_code == 200
     assert sorted(response.json()["experimentalRejectedIds"]["listings"]) == sorted(
-        ["fake-listing-1", listing["id"]])
+        ["fake-listing-1", listing["id"]]
+    )
     assert admin.get(f"/api/listings/{listing['id']}").json()["price"] == listing["price"]
 
     order_id = "wm-" + secrets.token_hex(6)
-    buyer.post("/api/orders/purchase-request", json={
-        "order_id": order_id, "payment_method": "cod",
-        "items": [{"item_id": "wmi-" + secrets.token_hex(6), "listing_id": listing["id"],
-                   "quantity": 1}]})
-    stamp = buyer.get("/api/sync/watermelon", params={"last_pulled_at": pulled["timestamp"]}
-                      ).json()["timestamp"]
+    buyer.post(
+        "/api/orders/purchase-request",
+        json={
+            "order_id": order_id,
+            "payment_method": "cod",
+            "items": [
+                {
+                    "item_id": "wmi-" + secrets.token_hex(6),
+                    "listing_id": listing["id"],
+                    "quantity": 1,
+                }
+            ],
+        },
+    )
+    stamp = buyer.get(
+        "/api/sync/watermelon", params={"last_pulled_at": pulled["timestamp"]}
+    ).json()["timestamp"]
     admin.put(f"/api/admin/orders/{order_id}/approve", json={})  # changed after the pull
-    conflict = buyer.post("/api/sync/watermelon", params={"last_pulled_at": stamp},
-                          json={"orders": {"created": [], "updated": [
-                              {"id": order_id, "status": "cancelled"}], "deleted": []}})
+    conflict = buyer.post(
+        "/api/sync/watermelon",
+        params={"last_pulled_at": stamp},
+        json={
+            "orders": {
+                "created": [],
+                "updated": [{"id": order_id, "status": "cancelled"}],
+                "deleted": [],
+            }
+        },
+    )
     assert conflict.status_code == 409
     assert buyer.get(f"/api/orders/{order_id}").json()["status"] == "approved"
     assert buyer.get("/api/sync/watermelon", params={"last_pulled_at": "soon"}).status_code == 422

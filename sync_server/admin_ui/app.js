@@ -83,11 +83,20 @@ function showLogin (message = '') {
 
 // ---- live updates ------------------------------------------------------------------------
 
-function connectLive () {
+async function connectLive () {
+  let cursor = sessionStorage.getItem('fr-admin-cursor')
+  if (!cursor) {
+    // Start at the log's head: the feed only signals changes, the queue comes over REST,
+    // so a first hello without a cursor would stream every order ever placed for nothing.
+    try {
+      cursor = (await api('GET', '/api/admin/live/cursor')).cursor
+    } catch {
+      cursor = null // the full catch-up still works, only slower
+    }
+  }
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws'
   const socket = new WebSocket(`${scheme}://${location.host}/api/sync/ws`)
   state.socket = socket
-  let cursor = sessionStorage.getItem('fr-admin-cursor')
   socket.onopen = () => socket.send(JSON.stringify({ type: 'hello', token: state.token, cursor }))
   socket.onmessage = async (event) => {
     const frame = JSON.parse(event.data)

@@ -32,19 +32,23 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def plain(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFD", text.lower())
-                   if unicodedata.category(c) != "Mn")
+    return "".join(
+        c for c in unicodedata.normalize("NFD", text.lower()) if unicodedata.category(c) != "Mn"
+    )
 
 
 def matches(got: list[tuple[str, int, str]], expected: list[Any]) -> bool:
     return len(got) == len(expected) and all(
-        price == want[1] and unit == want[2] and all(w in plain(title) for w in
-                                                     plain(want[0]).split())
-        for (title, price, unit), want in zip(got, expected, strict=True))
+        price == want[1]
+        and unit == want[2]
+        and all(w in plain(title) for w in plain(want[0]).split())
+        for (title, price, unit), want in zip(got, expected, strict=True)
+    )
 
 
-@pytest.mark.parametrize("case", json.loads(FIXTURES.read_text()),
-                         ids=lambda case: case["message"][:30])
+@pytest.mark.parametrize(
+    "case", json.loads(FIXTURES.read_text()), ids=lambda case: case["message"][:30]
+)
 def test_parser_on_our_own_posts(case: dict[str, Any]) -> None:
     got = [(d.title, d.price, d.unit) for d in parse_message(case["message"])]
     assert matches(got, case["expect"]), got
@@ -54,8 +58,10 @@ def test_parser_on_the_shared_sample() -> None:
     if not (SHARED / "facebook_feed_sample.json").exists():
         pytest.skip("../shared/data is not beside this clone")
     page = json.loads((SHARED / "facebook_feed_sample.json").read_text())
-    expected = {e["post_id"]: e["listings"] for e in
-                json.loads((SHARED / "facebook_feed_sample.expected.json").read_text())}
+    expected = {
+        e["post_id"]: e["listings"]
+        for e in json.loads((SHARED / "facebook_feed_sample.expected.json").read_text())
+    }
     misses = []
     for post in parse_feed_page(page):
         got = [(d.title, d.price, d.unit) for d in post.drafts]
@@ -69,19 +75,30 @@ def test_cli_parse_prints_one_object_per_post(tmp_path: Path) -> None:
     feed = {"data": [{"id": "p_1", "message": "Lalo Rs 90/kg"}, {"id": "p_2", "message": "Hi!"}]}
     path = tmp_path / "feed.json"
     path.write_bytes(orjson.dumps(feed))
-    output = subprocess.run([sys.executable, "-m", "sync_server.cli", "facebook", "parse",
-                             str(path)], capture_output=True, text=True, timeout=60, check=True)
+    output = subprocess.run(
+        [sys.executable, "-m", "sync_server.cli", "facebook", "parse", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     lines = [json.loads(line) for line in output.stdout.splitlines()]
-    assert lines == [{"post_id": "p_1", "listings": [{"title": "Lalo", "price": 9000,
-                                                       "unit": "kg"}]},
-                     {"post_id": "p_2", "listings": []}]
+    assert lines == [
+        {"post_id": "p_1", "listings": [{"title": "Lalo", "price": 9000, "unit": "kg"}]},
+        {"post_id": "p_2", "listings": []},
+    ]
 
 
 def posts(count: int) -> list[dict[str, Any]]:
-    return [{"id": f"104857600012345_{n}", "message": f"Brède {n} Rs {20 + n} la botte",
-             "created_time": "2026-11-20T06:00:00+0000",
-             "permalink_url": f"https://www.facebook.com/freshroots/posts/{n}"}
-            for n in range(count)]
+    return [
+        {
+            "id": f"104857600012345_{n}",
+            "message": f"Brède {n} Rs {20 + n} la botte",
+            "created_time": "2026-11-20T06:00:00+0000",
+            "permalink_url": f"https://www.facebook.com/freshroots/posts/{n}",
+        }
+        for n in range(count)
+    ]
 
 
 def read_feed(base_url: str, token: str, sleeps: list[float]) -> list[dict[str, Any]]:
@@ -99,8 +116,9 @@ def read_feed(base_url: str, token: str, sleeps: list[float]) -> list[dict[str, 
 
 
 def test_graph_client_pages_through_empty_pages_and_backs_off() -> None:
-    state = GraphState(posts=posts(5), token="page-token", rate_limit_next=1,
-                       regain_minutes=2, fail_next=1)
+    state = GraphState(
+        posts=posts(5), token="page-token", rate_limit_next=1, regain_minutes=2, fail_next=1
+    )
     sleeps: list[float] = []
     with serve_in_thread(create_graph_standin(state)) as base_url:
         got = read_feed(base_url, "page-token", sleeps)
@@ -116,8 +134,10 @@ def test_graph_client_pages_through_empty_pages_and_backs_off() -> None:
 
 def test_graph_client_stops_on_an_expired_token() -> None:
     state = GraphState(posts=posts(3), token="page-token")
-    with (serve_in_thread(create_graph_standin(state)) as base_url,
-          pytest.raises(FacebookTokenExpired, match="FACEBOOK_PAGE_TOKEN")):
+    with (
+        serve_in_thread(create_graph_standin(state)) as base_url,
+        pytest.raises(FacebookTokenExpired, match="FACEBOOK_PAGE_TOKEN"),
+    ):
         read_feed(base_url, "stale-token", [])
 
 
@@ -129,60 +149,121 @@ def test_signature_and_handshake() -> None:
     assert not verify_signature("app-secret", body, None)
     params = {"hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "42"}
     assert handshake(params, "vt") == "42" and handshake(params, "nope") is None
-    payload = {"entry": [{"changes": [{"field": "feed", "value": {
-        "post_id": "1_2", "verb": "add", "item": "status"}}]}]}
+    payload = {
+        "entry": [
+            {
+                "changes": [
+                    {"field": "feed", "value": {"post_id": "1_2", "verb": "add", "item": "status"}}
+                ]
+            }
+        ]
+    }
     assert changed_posts(payload) == [("1_2", "add")]
 
 
 def test_signed_webhook_imports_drafts_once(backend: Backend, admin_email: str) -> None:
-    feed = [{"id": "104857600012345_777", "message": "Giraumon Rs 35/kg, Calebasse Rs 45 pièce",
-             "permalink_url": "https://www.facebook.com/freshroots/posts/777"}]
+    feed = [
+        {
+            "id": "104857600012345_777",
+            "message": "Giraumon Rs 35/kg, Calebasse Rs 45 pièce",
+            "permalink_url": "https://www.facebook.com/freshroots/posts/777",
+        }
+    ]
     state = GraphState(posts=feed, token="page-token")
     with serve_in_thread(create_graph_standin(state)) as graph:
-        settings = backend.settings(FACEBOOK_GRAPH_URL=graph, FACEBOOK_PAGE_TOKEN="page-token",
-                                    FACEBOOK_APP_SECRET="app-secret", FACEBOOK_VERIFY_TOKEN="vt")
+        settings = backend.settings(
+            FACEBOOK_GRAPH_URL=graph,
+            FACEBOOK_PAGE_TOKEN="page-token",
+            FACEBOOK_APP_SECRET="app-secret",
+            FACEBOOK_VERIFY_TOKEN="vt",
+        )
         with serve_in_thread(create_app(settings)) as base_url:
-            check = httpx.get(f"{base_url}/api/webhooks/facebook", params={
-                "hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "1158201444"})
+            check = httpx.get(
+                f"{base_url}/api/webhooks/facebook",
+                params={
+                    "hub.mode": "subscribe",
+                    "hub.verify_token": "vt",
+                    "hub.challenge": "1158201444",
+                },
+            )
             assert check.status_code == 200 and check.text == "1158201444"
-            body = orjson.dumps({"object": "page", "entry": [{"id": "104857600012345",
-                                 "changes": [{"field": "feed", "value": {
-                                     "post_id": "104857600012345_777", "verb": "add",
-                                     "item": "status"}}]}]})
+            body = orjson.dumps(
+                {
+                    "object": "page",
+                    "entry": [
+                        {
+                            "id": "104857600012345",
+                            "changes": [
+                                {
+                                    "field": "feed",
+                                    "value": {
+                                        "post_id": "104857600012345_777",
+                                        "verb": "add",
+                                        "item": "status",
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
             signature = "sha256=" + hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
-            forged = httpx.post(f"{base_url}/api/webhooks/facebook", content=body,
-                                headers={"x-hub-signature-256": "sha256=00"})
+            forged = httpx.post(
+                f"{base_url}/api/webhooks/facebook",
+                content=body,
+                headers={"x-hub-signature-256": "sha256=00"},
+            )
             assert forged.status_code == 403
             for _ in range(2):  # Facebook may deliver the same change twice
-                delivered = httpx.post(f"{base_url}/api/webhooks/facebook", content=body,
-                                       headers={"x-hub-signature-256": signature})
+                delivered = httpx.post(
+                    f"{base_url}/api/webhooks/facebook",
+                    content=body,
+                    headers={"x-hub-signature-256": signature},
+                )
                 assert delivered.status_code == 200
             admin = login(base_url, admin_email, ADMIN_PASSWORD)
-            mine = [item for item in admin.get("/api/listings", params={"limit": 100}).json()[
-                "items"] if "posts/777" in item["description"]]
+            mine = [
+                item
+                for item in admin.get("/api/listings", params={"limit": 100}).json()["items"]
+                if "posts/777" in item["description"]
+            ]
     assert sorted((i["title"], i["price"], i["unit"], i["status"]) for i in mine) == [
-        ("Calebasse", 4500, "piece", "draft"), ("Giraumon", 3500, "kg", "draft")]
+        ("Calebasse", 4500, "piece", "draft"),
+        ("Giraumon", 3500, "kg", "draft"),
+    ]
 
 
 def test_admin_import_updates_drafts_and_suggests_prices_for_published(
     backend: Backend, admin_email: str
 ) -> None:
     post_id = f"104857600012345_{int.from_bytes(__import__('os').urandom(3), 'big')}"
-    feed = [{"id": post_id, "message": "Chouchou Rs 30/kg, Pipengaille Rs 50/kg",
-             "permalink_url": f"https://www.facebook.com/freshroots/posts/{post_id}"}]
+    feed = [
+        {
+            "id": post_id,
+            "message": "Chouchou Rs 30/kg, Pipengaille Rs 50/kg",
+            "permalink_url": f"https://www.facebook.com/freshroots/posts/{post_id}",
+        }
+    ]
     state = GraphState(posts=feed, token="page-token")
     with serve_in_thread(create_graph_standin(state)) as graph:
-        settings = backend.settings(FACEBOOK_GRAPH_URL=graph, FACEBOOK_PAGE_TOKEN="page-token",
-                                    FACEBOOK_PAGE_ID="104857600012345")
+        settings = backend.settings(
+            FACEBOOK_GRAPH_URL=graph,
+            FACEBOOK_PAGE_TOKEN="page-token",
+            FACEBOOK_PAGE_ID="104857600012345",
+        )
         with serve_in_thread(create_app(settings)) as base_url:
             admin = login(base_url, admin_email, ADMIN_PASSWORD)
             first = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
             assert first["created"] >= 2
-            mine = {i["title"]: i for i in admin.get("/api/listings", params={"limit": 100})
-                    .json()["items"] if post_id in i["description"]}
+            mine = {
+                i["title"]: i
+                for i in admin.get("/api/listings", params={"limit": 100}).json()["items"]
+                if post_id in i["description"]
+            }
             assert set(mine) == {"Chouchou", "Pipengaille"}
-            admin.patch(f"/api/admin/listings/{mine['Pipengaille']['id']}",
-                        json={"status": "published"})
+            admin.patch(
+                f"/api/admin/listings/{mine['Pipengaille']['id']}", json={"status": "published"}
+            )
             feed[0]["message"] = "Chouchou Rs 32/kg, Pipengaille Rs 55/kg"  # the post edited
             again = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
             assert again["created"] == 0 and again["updated_drafts"] == 1
@@ -191,5 +272,7 @@ def test_admin_import_updates_drafts_and_suggests_prices_for_published(
             published = admin.get(f"/api/listings/{mine['Pipengaille']['id']}").json()
             assert published["price"] == 5000  # never overwritten
             notes = admin.get("/api/notifications").json()["items"]
-            assert any(n["type"] == "listing_suggestion" and n["data"]["suggested_price"] == 5500
-                       for n in notes)
+            assert any(
+                n["type"] == "listing_suggestion" and n["data"]["suggested_price"] == 5500
+                for n in notes
+            )

@@ -231,14 +231,20 @@ def test_reconcile_settles_a_notification_stored_during_an_outage(
     import sys
 
     order_id = approved_order(shop)
-    payment_id = shop.buyer.post(f"/api/orders/{order_id}/payments",
-                                 json={"method": "juice"}).json()["payment_id"]
+    payment_id = shop.buyer.post(
+        f"/api/orders/{order_id}/payments", json={"method": "juice"}
+    ).json()["payment_id"]
     shop.gateway.fail_next = 3  # the gateway cannot decrypt right now
     assert imn(shop, payment_id, "success") == "fail"
     assert shop.buyer.get(f"/api/orders/{order_id}").json()["status"] == "approved"
     env = {**os.environ, **backend.env, **MIPS_ENV, "MIPS_API_URL": shop.gateway_url}
-    done = subprocess.run([sys.executable, "-m", "sync_server.cli", "payments", "reconcile"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "sync_server.cli", "payments", "reconcile"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "1 applied" in done.stdout
     assert shop.buyer.get(f"/api/orders/{order_id}").json()["status"] == "paid"

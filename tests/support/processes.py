@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 
@@ -28,19 +29,27 @@ class ServerProcess:
         self.process.wait(timeout=10)
 
 
-def start_server(env: dict[str, str], port: int | None = None) -> ServerProcess:
+def start_server(
+    env: dict[str, str],
+    port: int | None = None,
+    log: IO[bytes] | None = None,
+    serve_args: Sequence[str] = (),
+) -> ServerProcess:
+    """`log`: where the server's stderr goes. Without one it is a pipe, read only if the
+    server dies at start, so long runs that may log a lot should pass a file."""
     port = port or free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "sync_server.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "sync_server.cli", "serve", "--port", str(port), *serve_args],
         env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log if log is not None else subprocess.PIPE,
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            output = process.stderr.read().decode()[-2000:] if process.stderr else "see its log"
+            raise RuntimeError(f"server exited: {output}")
         try:
             if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
                 return ServerProcess(base_url, process, port)
