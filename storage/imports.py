@@ -3,23 +3,42 @@
 `source_ref = fb:<post id>:<n>` is unique, so importing the same post again (a re-run, a
 repeated webhook) creates nothing new. Drafts are invisible to buyers until an admin
 reviews and publishes them.
+
+The post's picture is handed to Cloudinary by URL (Cloudinary fetches it) and stored as
+`facebook/<post id>`; every draft of the post shows it. Facebook's picture URLs expire, so
+linking to them would break within days. A picture that cannot be stored does not stop the
+import: the draft is created without it, and the next import of that post tries again.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from integrations.facebook.parser import PostDrafts
 from storage.changelog import ChangeLog
 from storage.db import now_ms
-from storage.listings import create_listing
+from storage.listings import create_listing, update_listing
 from storage.models import Listing
 from storage.records import notify_admins
 from storage.scopes import listing_scopes
+
+log = logging.getLogger("freshroots.imports")
+
+
+class PictureStore(Protocol):
+    """Where post pictures go (Cloudinary's upload by URL)."""
+
+    async def upload_from_url(
+        self, url: str, public_id: str, *, tags: Sequence[str] = ()
+    ) -> str: ...
 
 
 @dataclass
@@ -30,12 +49,53 @@ class ImportReport:
     suggestions: int = 0
     already_imported: int = 0
     without_offers: int = 0
+    pictures_stored: int = 0
+    pictures_failed: int = 0
     listing_ids: list[str] = field(default_factory=list)
 
 
-async def _revisit(changelog: ChangeLog, listing: Any, draft: Any, report: ImportReport) -> None:
+async def _store_picture(
+    pictures: PictureStore | None, post: PostDrafts, report: ImportReport
+) -> str | None:
+    """The post picture's public id, or None (no picture, no store, or it failed)."""
+    if pictures is None or not post.picture:
+        return None
+    public_id = "facebook/" + re.sub(r"[^A-Za-z0-9_-]", "_", post.post_id)
+    try:
+        stored = await pictures.upload_from_url(post.picture, public_id, tags=("facebook",))
+    except Exception as error:  # a provider outage must not lose the draft itself
+        log.warning(
+            "facebook picture not stored", extra={"post": post.post_id, "error": str(error)}
+        )
+        report.pictures_failed += 1
+        return None
+    report.pictures_stored += 1
+    return stored
+
+
+async def _attach_picture(changelog: ChangeLog, listing_id: str, public_id: str) -> None:
+    async with changelog.transaction() as tx:
+        await update_listing(tx, None, listing_id, {"images": [public_id]})
+
+
+async def _revisit(
+    changelog: ChangeLog,
+    listing: Any,
+    draft: Any,
+    report: ImportReport,
+    picture: Any,
+) -> None:
     """An edited post: a draft follows it; a published listing is never overwritten, and a
-    new price is put to the admins as a suggestion instead."""
+    new price is put to the admins as a suggestion instead. A draft whose picture could not
+    be stored last time gets it now."""
+    if (
+        listing.status == "draft"
+        and listing.deleted_at is None
+        and orjson.loads(listing.images or "[]") == []
+    ):
+        public_id = await picture()
+        if public_id is not None:
+            await _attach_picture(changelog, listing.id, public_id)
     if listing.deleted_at is not None or (
         (listing.title, listing.price, listing.unit) == (draft.title, draft.price, draft.unit)
     ):
@@ -103,7 +163,10 @@ def guess_category(title: str) -> str:
 
 
 async def import_posts(
-    changelog: ChangeLog, posts: list[PostDrafts], page_ref: str = "facebook"
+    changelog: ChangeLog,
+    posts: list[PostDrafts],
+    page_ref: str = "facebook",
+    pictures: PictureStore | None = None,
 ) -> ImportReport:
     report = ImportReport()
     for post in posts:
@@ -111,6 +174,14 @@ async def import_posts(
         if not post.drafts:
             report.without_offers += 1
             continue
+        stored: list[str | None] = []
+
+        async def picture(post: PostDrafts = post, stored: list[str | None] = stored) -> str | None:
+            # Once per post, however many drafts it holds, and only when one needs it.
+            if not stored:
+                stored.append(await _store_picture(pictures, post, report))
+            return stored[0]
+
         refs = [f"fb:{post.post_id}:{index}" for index in range(len(post.drafts))]
         async with changelog.db.read() as conn:
             existing = {
@@ -125,14 +196,16 @@ async def import_posts(
                             Listing.price,
                             Listing.unit,
                             Listing.deleted_at,
+                            Listing.images,
                         ).where(Listing.source_ref.in_(refs))
                     )
                 ).all()
             }
         for ref, draft in zip(refs, post.drafts, strict=True):
             if ref in existing:
-                await _revisit(changelog, existing[ref], draft, report)
+                await _revisit(changelog, existing[ref], draft, report, picture)
                 continue
+            public_id = await picture()  # before the transaction: no lock held over HTTP
             description = f"Imported from the farm's Facebook post {post.permalink or ''}".strip()
             try:
                 async with changelog.transaction() as tx:
@@ -147,6 +220,7 @@ async def import_posts(
                             "category": guess_category(draft.title),
                             "description": description,
                             "status": "draft",
+                            "images": [public_id] if public_id else [],
                         },
                         source=page_ref,
                         source_ref=ref,

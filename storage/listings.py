@@ -87,7 +87,7 @@ async def _locked_listing(tx: Tx, listing_id: str) -> Any:
 
 async def update_listing(
     tx: Tx,
-    admin: Principal,
+    admin: Principal | None,
     listing_id: str,
     values: dict[str, Any],
     *,
@@ -115,7 +115,8 @@ async def update_listing(
         before=listing_scopes(current["status"], False),
         after=listing_scopes(changes.get("status", current["status"]), False),
     )
-    await audit(tx, admin.user_id, action, "listings", listing_id, _describe(changes))
+    if admin is not None:  # None: the Facebook import, which is not an admin's action
+        await audit(tx, admin.user_id, action, "listings", listing_id, _describe(changes))
 
 
 def _describe(changes: dict[str, Any]) -> str:

@@ -229,6 +229,7 @@ def cmd_facebook_import(args: argparse.Namespace) -> int:
     from integrations.facebook.graph import FacebookError, GraphClient
     from integrations.facebook.parser import parse_feed_page
     from integrations.facebook.settings import FacebookSettings
+    from integrations.media.cloudinary_media import CloudinaryAdmin
     from storage.imports import import_posts
 
     settings = _settings()
@@ -239,29 +240,44 @@ def cmd_facebook_import(args: argparse.Namespace) -> int:
         return 2
 
     async def run(changelog: ChangeLog) -> int:
-        created = seen = 0
+        created = seen = stored = failed = 0
         async with httpx.AsyncClient(timeout=30) as http:
             graph = GraphClient(http, facebook)
+            pictures = CloudinaryAdmin.from_environ(http, settings.environ)
+            if pictures is None:
+                print(
+                    "CLOUDINARY_URL is not set: drafts are imported without pictures.",
+                    file=sys.stderr,
+                )
             batch: list[dict[str, object]] = []
             try:
                 async for post in graph.iter_feed(page_id):
                     batch.append(post)
                     if len(batch) == 25 or (args.limit and seen + len(batch) >= args.limit):
-                        report = await import_posts(changelog, parse_feed_page({"data": batch}))
+                        report = await import_posts(
+                            changelog, parse_feed_page({"data": batch}), pictures=pictures
+                        )
                         seen, created = seen + report.posts, created + report.created
+                        stored += report.pictures_stored
+                        failed += report.pictures_failed
                         print(f"  {seen} posts read, {created} drafts created", file=sys.stderr)
                         batch = []
                         if args.limit and seen >= args.limit:
                             break
                 if batch:
-                    report = await import_posts(changelog, parse_feed_page({"data": batch}))
+                    report = await import_posts(
+                        changelog, parse_feed_page({"data": batch}), pictures=pictures
+                    )
                     seen, created = seen + report.posts, created + report.created
+                    stored += report.pictures_stored
+                    failed += report.pictures_failed
             except FacebookError as error:
                 print(f"import stopped: {error}", file=sys.stderr)
                 return 1
         print(
-            f"imported {seen} posts: {created} new draft listings (review and publish them "
-            f"in the dashboard)"
+            f"imported {seen} posts: {created} new draft listings, {stored} pictures stored"
+            f"{f', {failed} pictures failed (retried on the next import)' if failed else ''} "
+            "(review and publish them in the dashboard)"
         )
         return 0
 

@@ -1,6 +1,7 @@
 """A stand-in Graph API for a Page feed: token checks (code 190), paging with absolute
 `paging.next` URLs (an empty page that still has `next` included), usage headers, and
-switchable rate-limit (code 4 / 80001) and 5xx answers. Records every request."""
+switchable rate-limit (code 4 / 80001) and 5xx answers, and post pictures as its CDN serves
+them. Records every request."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 
@@ -25,6 +26,8 @@ class GraphState:
     regain_minutes: int = 2
     fail_next: int = 0
     requests: list[str] = field(default_factory=list)
+    # Post pictures, served at /cdn/{name} as Facebook's CDN serves `full_picture` URLs.
+    pictures: dict[str, bytes] = field(default_factory=dict)
 
 
 def _error(message: str, code: int, status: int, kind: str = "OAuthException") -> JSONResponse:
@@ -127,8 +130,15 @@ def create_graph_standin(state: GraphState) -> Starlette:
                 return JSONResponse(item, headers=usage_headers())
         return _error("Unsupported get request.", 100, 400, "GraphMethodException")
 
+    async def picture(request: Request) -> Response:
+        data = state.pictures.get(request.path_params["name"])
+        if data is None:
+            return Response("Not Found", 404)  # what an expired CDN URL answers
+        return Response(data, media_type="image/png")
+
     return Starlette(
         routes=[
+            Route("/cdn/{name}", picture),
             Route("/v{version}/{page_id}/feed", feed),
             Route("/v{version}/{post_id}", post),
         ]

@@ -219,6 +219,14 @@ class CloudinaryAdmin:
         self._clock = clock
         self._timeout = timeout
 
+    @classmethod
+    def from_environ(
+        cls, http: httpx.AsyncClient, env: Mapping[str, str], *, timeout: float = 30.0
+    ) -> CloudinaryAdmin | None:
+        """None when Cloudinary is not configured (`CLOUDINARY_URL` unset)."""
+        settings = CloudinarySettings.from_environ(env)
+        return cls(http, settings, timeout=timeout) if settings is not None else None
+
     async def delete_image(self, public_id: str, *, invalidate: bool = True) -> bool:
         """Destroy an image: True if deleted, False if Cloudinary had no such image.
 
@@ -242,6 +250,38 @@ class CloudinaryAdmin:
         if result == "not found":
             return False
         raise CloudinaryError(f"unexpected destroy result {result!r}")
+
+    async def upload_from_url(self, url: str, public_id: str, *, tags: Sequence[str] = ()) -> str:
+        """Have Cloudinary fetch an image from `url` and keep it as `public_id`.
+
+        Cloudinary downloads it, not us: a Facebook picture never crosses our link. An image
+        already stored under that id is kept (`overwrite=false`), so importing the same post
+        again costs no second fetch. Returns the stored public id.
+        """
+        if not is_valid_public_id(public_id):
+            raise ValueError(f"invalid Cloudinary public id {public_id!r}")
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("only http(s) URLs can be fetched by Cloudinary")
+        params = {
+            "public_id": public_id,
+            "overwrite": "false",
+            "timestamp": str(int(self._clock())),
+        }
+        if tags:
+            params["tags"] = ",".join(tags)
+        params["signature"] = str(
+            cloudinary.utils.api_sign_request(
+                params, self._settings.api_secret, self._settings.signature_algorithm
+            )
+        )
+        # `file` and `api_key` are not part of the signature (Cloudinary's rule).
+        body = await self._post(
+            "upload", {**params, "file": url, "api_key": self._settings.api_key}
+        )
+        stored = body.get("public_id")
+        if not isinstance(stored, str) or not is_valid_public_id(stored):
+            raise CloudinaryError(f"upload answered an unusable public id {stored!r}")
+        return stored
 
     async def _post(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         try:

@@ -29,6 +29,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import cloudinary.utils
+import httpx
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.middleware import Middleware
@@ -107,6 +108,8 @@ def create_cloudinary_standin(
                 raise _Refused(401, f"Invalid cloud_name {request.path_params['cloud']}")
             form = await _read_form(request)
             _authenticate(form.params)
+            if action == "upload" and form.file is None:
+                form.file = await _fetch_remote(form.params.get("file", ""))
             body = handle(form)
         except _Refused as refused:
             state.calls.append((action, refused.status))
@@ -247,6 +250,24 @@ async def _read_form(request: Request) -> _Form:
     return result
 
 
+async def _fetch_remote(file: str) -> bytes | None:
+    """A `file` that is an http(s) URL is fetched, as Cloudinary does (upload by URL)."""
+    if not file.startswith(("http://", "https://")):
+        return None
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(file)
+    except httpx.HTTPError as exc:
+        raise _Refused(400, f"Error in loading {file} - {exc.__class__.__name__}") from None
+    if response.status_code != 200:
+        raise _Refused(
+            400, f"Error in loading {file} - {response.status_code} {response.reason_phrase}"
+        )
+    if len(response.content) > MAX_IMAGE_BYTES:
+        raise _Refused(400, f"File size too large. Maximum is {MAX_IMAGE_BYTES}.")
+    return response.content
+
+
 def _file_bytes(value: bytes | str | None) -> bytes:
     """An uploaded part, or a `data:` URI (Cloudinary accepts both as `file`)."""
     if value is None or value == "":
@@ -255,7 +276,7 @@ def _file_bytes(value: bytes | str | None) -> bytes:
         return value
     header, sep, payload = value.partition(",")
     if not (sep and header.startswith("data:") and header.endswith(";base64")):
-        raise _Refused(400, "Invalid image file")  # remote URLs are not fetched by the stand-in
+        raise _Refused(400, "Invalid image file")
     try:
         return base64.b64decode(payload, validate=True)
     except binascii.Error:

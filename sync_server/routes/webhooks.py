@@ -19,6 +19,7 @@ from integrations.facebook.graph import (
 from integrations.facebook.parser import parse_feed_page
 from integrations.facebook.settings import FacebookSettings
 from integrations.facebook.webhook import changed_posts, handshake, verify_signature
+from integrations.media.cloudinary_media import CloudinaryAdmin
 from storage.imports import import_posts
 from sync_server.errors import Forbidden, MalformedJSON, NotConfigured, ServiceUnavailable
 from sync_server.http import doc, json_response, read_json, require_admin
@@ -79,7 +80,11 @@ async def facebook_event(request: Request) -> Response:
     except FacebookError as error:
         log.warning("facebook import skipped: %s", error)
         return PlainTextResponse("ok")
-    report = await import_posts(services.changelog, parse_feed_page({"data": posts}))
+    report = await import_posts(
+        services.changelog,
+        parse_feed_page({"data": posts}),
+        pictures=CloudinaryAdmin.from_environ(services.http, services.settings.environ),
+    )
     log.info(
         "facebook webhook import",
         extra={"created": report.created, "already": report.already_imported},
@@ -115,7 +120,11 @@ async def admin_import(request: Request) -> Response:
         raise ServiceUnavailable(str(error), retry_after=3600) from None
     except FacebookError as error:
         raise ServiceUnavailable(f"The Graph API failed: {error}") from None
-    report = await import_posts(services.changelog, parse_feed_page({"data": posts}))
+    report = await import_posts(
+        services.changelog,
+        parse_feed_page({"data": posts}),
+        pictures=CloudinaryAdmin.from_environ(services.http, services.settings.environ),
+    )
     return json_response(
         {
             "posts": report.posts,
@@ -124,6 +133,8 @@ async def admin_import(request: Request) -> Response:
             "suggestions": report.suggestions,
             "already_imported": report.already_imported,
             "without_offers": report.without_offers,
+            "pictures_stored": report.pictures_stored,
+            "pictures_failed": report.pictures_failed,
         }
     )
 

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import secrets
 import subprocess
 import sys
 import unicodedata
@@ -22,8 +23,11 @@ from integrations.facebook.parser import parse_feed_page, parse_message
 from integrations.facebook.settings import FacebookSettings
 from integrations.facebook.standin import GraphState, create_graph_standin
 from integrations.facebook.webhook import changed_posts, handshake, verify_signature
+from integrations.media.settings import CloudinarySettings
+from integrations.media.standin import create_cloudinary_standin
 from sync_server.app import create_app
 from tests.conftest import ADMIN_PASSWORD, Backend
+from tests.integrations.test_media_cloudinary import tiny_png
 from tests.support.api import login
 from tests.support.live_server import serve_in_thread
 
@@ -276,3 +280,63 @@ def test_admin_import_updates_drafts_and_suggests_prices_for_published(
                 n["type"] == "listing_suggestion" and n["data"]["suggested_price"] == 5500
                 for n in notes
             )
+
+
+def test_post_pictures_go_to_cloudinary_by_url_and_a_failed_one_is_retried(
+    backend: Backend, admin_email: str
+) -> None:
+    post_id = f"104857600012345_{secrets.randbelow(10**9)}"
+    feed = [
+        {
+            "id": post_id,
+            "message": "Pomme d'amour Rs 60/kg, Piment Rs 10 la barquette",
+            "permalink_url": f"https://www.facebook.com/freshroots/posts/{post_id}",
+            "full_picture": "",  # set once the stand-in's address is known
+        }
+    ]
+    graph_state = GraphState(posts=feed, token="page-token")
+    cloudinary_env = {"CLOUDINARY_URL": "cloudinary://key123:secret456@freshroots-test"}
+    cloudinary_settings = CloudinarySettings.from_environ(cloudinary_env)
+    assert cloudinary_settings is not None
+    cloudinary_app = create_cloudinary_standin(cloudinary_settings)
+    stored_images = cloudinary_app.state.cloudinary.images
+    with (
+        serve_in_thread(create_graph_standin(graph_state)) as graph,
+        serve_in_thread(cloudinary_app) as cloudinary,
+    ):
+        # An expired CDN link first: the drafts are created anyway, without a picture.
+        feed[0]["full_picture"] = f"{graph}/cdn/tomatoes.png?oe=expired"
+        settings = backend.settings(
+            **cloudinary_env,
+            CLOUDINARY_UPLOAD_PREFIX=cloudinary,
+            FACEBOOK_GRAPH_URL=graph,
+            FACEBOOK_PAGE_TOKEN="page-token",
+            FACEBOOK_PAGE_ID="104857600012345",
+        )
+        with serve_in_thread(create_app(settings)) as base_url:
+            admin = login(base_url, admin_email, ADMIN_PASSWORD)
+
+            def drafts() -> dict[str, dict[str, Any]]:
+                items = admin.get("/api/listings", params={"limit": 100}).json()["items"]
+                return {i["title"]: i for i in items if post_id in i["description"]}
+
+            first = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
+            assert (first["created"], first["pictures_stored"], first["pictures_failed"]) == (
+                2,
+                0,
+                1,
+            )
+            assert [d["images"] for d in drafts().values()] == [[], []]
+
+            graph_state.pictures["tomatoes.png"] = tiny_png(4, 3)  # the link works again
+            again = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
+            assert (again["created"], again["pictures_stored"]) == (0, 1)  # once per post
+            public_id = "facebook/" + post_id
+            assert {title: d["images"] for title, d in drafts().items()} == {
+                "Pomme d'amour": [public_id],
+                "Piment": [public_id],
+            }
+            assert (stored_images[public_id].width, stored_images[public_id].height) == (4, 3)
+
+            third = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
+            assert third["pictures_stored"] == 0  # nothing left to fetch
