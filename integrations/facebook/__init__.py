@@ -10,6 +10,14 @@ from integrations.facebook.graph import (
 from integrations.facebook.parser import Draft, PostDrafts, parse_feed_page, parse_message
 from integrations.facebook.settings import FacebookSettings
 
-__all__ = ["Draft", "FacebookError", "FacebookSettings", "FacebookTokenExpired",
-           "FacebookUnavailable", "GraphClient", "PostDrafts", "parse_feed_page",
-           "parse_message"]
+__all__ = [
+    "Draft",
+    "FacebookError",
+    "FacebookSettings",
+    "FacebookTokenExpired",
+    "FacebookUnavailable",
+    "GraphClient",
+    "PostDrafts",
+    "parse_feed_page",
+    "parse_message",
+]
