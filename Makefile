@@ -16,6 +16,7 @@ test: $(STAMP)  ## the whole suite, on the embedded default and on PostgreSQL + 
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -155,15 +156,17 @@ def main() -> None:
         "WS_IMPLEMENTATION": os.environ.get("WS_IMPLEMENTATION", "auto"),
         "LOG_LEVEL": "WARNING",
     }
-    cleanup = None
+    cleanups: list[Callable[[], None]] = []
     if args.backend == "services":
         database_url = real.create_database()
         prefix = f"frlive:{secrets.token_hex(3)}:"
         env.update(DATABASE_URL=database_url, REDIS_URL=real.REDIS_URL, REDIS_PREFIX=prefix)
 
-        def cleanup() -> None:
+        def drop_services() -> None:
             real.drop_database(database_url)
             real.clear_redis_prefix(prefix)
+
+        cleanups.append(drop_services)
     else:
         env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp()}/live.db"
     try:
@@ -197,7 +200,7 @@ def main() -> None:
             server.process.terminate()
             server.process.wait(10)
     finally:
-        if cleanup:
+        for cleanup in cleanups:
             cleanup()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 

@@ -7,6 +7,8 @@ Prints, for each backend:
   JSON of the same rows (camelCase, ISO timestamps, full Cloudinary URLs, nested image
   objects), gzip at the same level;
 - bytes of the pull that carries one stock change, and of a pull with nothing new;
+- login latency (bcrypt at the production cost) and listing search / filter latency, one
+  request at a time;
 - requests/s (wrk) of an empty pull, a 50-change pull and a 5-mutation push, each as a ratio
   to a bare Starlette JSON endpoint served by the same uvicorn in the same run.
 
@@ -23,10 +25,13 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +138,26 @@ def raw_size(client: httpx.Client, token: str, encoding: str, **params: Any) -> 
         headers={"authorization": f"Bearer {token}", "accept-encoding": encoding},
     )
     return int(response.headers.get("content-length", len(response.content)))
+
+
+SEARCHES = [
+    "pomme d'amour",
+    "brede",
+    "letchi",
+    "giraumon",
+    "chouchou",
+    "fraise",
+    "miel",
+    "carotte",
+    "ananas",
+    "thym",
+]
+
+
+def timed(call: Callable[[], httpx.Response]) -> float:
+    started = time.perf_counter()
+    call().raise_for_status()
+    return (time.perf_counter() - started) * 1000
 
 
 def session(client: httpx.Client, path: str, body: dict[str, Any]) -> str:
@@ -256,6 +281,42 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
             f"{not_modified.status_code}, {len(not_modified.content)} B body"
         )
 
+        print(f"\n== {name}: latency, one request at a time ==")
+        login_ms = sorted(
+            timed(
+                lambda: client.post(
+                    "/api/auth/login",
+                    json={"email": admin_email, "password": "bench admin password"},
+                )
+            )
+            for _ in range(10)
+        )
+        print(
+            f"  login (bcrypt, {settings.bcrypt_rounds} rounds): p50 "
+            f"{statistics.median(login_ms):.0f} ms, max {login_ms[-1]:.0f} ms"
+        )
+        for label, params in (
+            ("listing search q= (10 queries x 5)", [{"q": q} for q in SEARCHES] * 5),
+            (
+                "listing filters (category, price, in_stock)",
+                [
+                    {"category": c, "max_price": p, "in_stock": "true"}
+                    for c in ("vegetables", "fruits", "greens", "herbs", "eggs")
+                    for p in (5000, 20000)
+                ]
+                * 5,
+            ),
+        ):
+            cold = [timed(partial(client.get, "/api/listings", params=q)) for q in params[:10]]
+            warm = sorted(
+                timed(partial(client.get, "/api/listings", params=q)) for q in params[10:]
+            )
+            print(
+                f"  {label}: first of each {statistics.median(cold):.1f} ms p50; "
+                f"repeated (cached) p50 {statistics.median(warm):.1f} ms, "
+                f"p95 {warm[int(len(warm) * 0.95) - 1]:.1f} ms"
+            )
+
         # A cursor with 50 changes after it, pulled again and again (the database path).
         fifty_cursor = pull(client, admin, limit=1000).json()["cursor"]
         for listing in rows[:50]:
@@ -330,7 +391,7 @@ def main() -> None:
     base = {
         "JWT_SECRET": secrets.token_hex(24),
         "RATE_LIMITS": "off",
-        "BCRYPT_ROUNDS": "10",
+        "BCRYPT_ROUNDS": "12",  # the production default, so the login figure is real
         "LOG_LEVEL": "WARNING",
     }
     if args.backend in ("embedded", "both"):

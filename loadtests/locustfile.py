@@ -79,7 +79,7 @@ class LiveSocket:
         )
 
     def open(self) -> None:
-        url = self.user.host.replace("http", "ws", 1) + "/api/sync/ws"
+        url = (self.user.host or "").replace("http", "ws", 1) + "/api/sync/ws"
         started, received = time.perf_counter(), 0
         try:
             self.socket = websocket.create_connection(url, timeout=60, enable_multithread=False)
@@ -131,7 +131,7 @@ class LiveSocket:
             self.reader.kill(block=False)
 
 
-@events.spawning_complete.add_listener
+@events.spawning_complete.add_listener  # type: ignore[untyped-decorator]
 def _reset_stats_once_settled(**_: Any) -> None:
     """Measure steady state: the stampede of every user's first sync is over by then."""
     settle = float(os.environ.get("LOAD_SETTLE_SECONDS", "0"))
@@ -143,13 +143,13 @@ def _reset_stats_once_settled(**_: Any) -> None:
 _environment: Any = None
 
 
-@events.init.add_listener
+@events.init.add_listener  # type: ignore[untyped-decorator]
 def _keep_environment(environment: Any, **_: Any) -> None:
     global _environment
     _environment = environment
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def _print_live_totals(environment: Any, **_: Any) -> None:
     print(
         f"live frames received: {live_frames['frames']} "

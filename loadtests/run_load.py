@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jwt  # noqa: E402
-from sqlalchemy import func, insert, select  # noqa: E402
+from sqlalchemy import func, insert, select, update  # noqa: E402
 
 from protocol.cursor import CursorCodec, LogCursor  # noqa: E402
 from storage.db import Database, new_id, now_ms  # noqa: E402
@@ -46,7 +46,8 @@ REPORTS = ROOT / "loadtests" / "reports"
 P95_LIMIT_MS = 250
 # Statistics are reset this long after the last user has started: the capacity figure is
 # for steady state, not for the stampede of every phone starting at the same moment.
-SETTLE_SECONDS = 20
+SETTLE_SECONDS = 30
+SPAWN_PER_SECOND = 50
 
 
 async def seed(
@@ -118,7 +119,7 @@ async def seed(
             print(f"  past orders: {min(orders, start + 5000)}/{orders}", flush=True)
     # Stock enough that purchases during the run rarely run out.
     async with db.write() as conn:
-        await conn.execute(Listing.__table__.update().values(stock=1_000_000))
+        await conn.execute(update(Listing).values(stock=1_000_000))
     await db.dispose()
     return user_ids, [row[0] for row in listing_rows]
 
@@ -178,6 +179,7 @@ class Step:
     profile: str
     rows: dict[str, dict[str, float]]
     live_frames: str
+    cpu: dict[str, float]
 
     @property
     def total(self) -> dict[str, float]:
@@ -188,21 +190,43 @@ class Step:
         return self.total.get("p95", 0) < P95_LIMIT_MS and not self.total.get("failures", 0)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by these processes (from /proc)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pids_of(name: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
 def run_locust(
-    hosts: list[str],
+    servers: list[ServerProcess],
     users: int,
     steady_seconds: int,
     label: str,
     env: dict[str, str],
     user_classes: list[str],
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], str, dict[str, float]]:
+    """Returns the merged statistics, the live-frame totals and the CPU use (share of one
+    core) of each part during the measured window: the servers, locust, PostgreSQL, Redis."""
     prefix = REPORTS / label
-    # One locust process per server host, users split between them: one process of locust
+    # Phones come online at a steady rate, not all in the same second: a stampede of
+    # thousands of first syncs measures the stampede, not the steady state.
+    ramp_seconds = max(10, users // SPAWN_PER_SECOND)
+    run_seconds = ramp_seconds + SETTLE_SECONDS + steady_seconds
+    # One locust process per server, users split between them: one process of locust
     # drives one core's worth of load, and each server gets the same share.
     processes = []
-    ramp_seconds = 20
-    for index, host in enumerate(hosts):
-        share = users // len(hosts) + (1 if index < users % len(hosts) else 0)
+    for index, server in enumerate(servers):
+        share = users // len(servers) + (1 if index < users % len(servers) else 0)
         log = (REPORTS / f"{label}-{index}.log").open("wb")
         processes.append(
             subprocess.Popen(
@@ -214,13 +238,13 @@ def run_locust(
                     str(ROOT / "loadtests" / "locustfile.py"),
                     "--headless",
                     "--host",
-                    host,
+                    server.base_url,
                     "-u",
                     str(share),
                     "-r",
-                    str(max(1, share // ramp_seconds)),
+                    f"{SPAWN_PER_SECOND / len(servers):g}",
                     "--run-time",
-                    f"{ramp_seconds + SETTLE_SECONDS + steady_seconds}s",
+                    f"{run_seconds}s",
                     "--stop-timeout",
                     "5",
                     "--csv",
@@ -235,17 +259,29 @@ def run_locust(
                 stderr=subprocess.STDOUT,
             )
         )
+    groups = {
+        "servers": [server.process.pid for server in servers],
+        "locust": [process.pid for process in processes],
+        "postgres": pids_of("postgres"),
+        "redis": pids_of("redis-server"),
+    }
+    # Stats are reset SETTLE_SECONDS after spawning completes, so sample the same window.
+    time.sleep(ramp_seconds + SETTLE_SECONDS)
+    before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    window_start = time.monotonic()
+    time.sleep(max(1, steady_seconds - 3))
+    elapsed = time.monotonic() - window_start
+    cpu = {name: (cpu_seconds(pids) - before[name]) / elapsed for name, pids in groups.items()}
     for process in processes:
-        process.wait(timeout=ramp_seconds + SETTLE_SECONDS + steady_seconds + 180)
+        process.wait(timeout=steady_seconds + 180)
     frames = [
         line.split(":", 1)[1].strip()
-        for index in range(len(hosts))
+        for index in range(len(servers))
         for line in (REPORTS / f"{label}-{index}.log").read_text().splitlines()
         if line.startswith("live frames received:")
     ]
-    return summarise([Path(f"{prefix}-{index}_stats.csv") for index in range(len(hosts))]), (
-        "; ".join(frames)
-    )
+    rows = summarise([Path(f"{prefix}-{index}_stats.csv") for index in range(len(servers))])
+    return rows, "; ".join(frames), cpu
 
 
 def summarise(files: list[Path]) -> dict[str, Any]:
@@ -282,20 +318,26 @@ def step_table(step: Step) -> list[str]:
         )
     if step.live_frames:
         lines.append(f"\nlive frames received: {step.live_frames}")
+    lines.append(
+        "\nCPU during the measured window (1.0 = one core): "
+        + ", ".join(f"{name} {share:.2f}" for name, share in step.cpu.items())
+    )
     return [*lines, ""]
 
 
 def capacity_table(steps: list[Step]) -> list[str]:
     lines = [
-        "| server processes | users | req/s | p50 ms | p95 ms | p99 ms | failures | within limit |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server processes | users | req/s | p50 ms | p95 ms | p99 ms | failures | server CPU "
+        "| locust CPU | within limit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for step in steps:
         total = step.total
         lines.append(
             f"| {step.processes} | {step.users} | {total.get('rps', 0):.0f} "
             f"| {total.get('p50', 0):.0f} | {total.get('p95', 0):.0f} | {total.get('p99', 0):.0f} "
-            f"| {total.get('failures', 0):.0f} | {'yes' if step.passed else 'no'} |"
+            f"| {total.get('failures', 0):.0f} | {step.cpu.get('servers', 0):.2f} "
+            f"| {step.cpu.get('locust', 0):.2f} | {'yes' if step.passed else 'no'} |"
         )
     best = {
         count: max((s.users for s in steps if s.processes == count and s.passed), default=0)
@@ -393,19 +435,20 @@ def main() -> None:
             write_accounts(settings, user_ids, tokens, REPORTS / "accounts.txt")
             label = f"{count}proc-{users}u-{profile}"
             print(
-                f"\n{label}: ramp 20 s, settle {SETTLE_SECONDS} s, {args.run_time} s measured",
+                f"\n{label}: {SPAWN_PER_SECOND} users/s coming online, settle "
+                f"{SETTLE_SECONDS} s, {args.run_time} s measured",
                 flush=True,
             )
             classes = ["BackgroundSyncPhone", "Farm"] if profile == "sync" else []
-            rows, frames = run_locust(
-                [server.base_url for server in servers[:count]],
+            rows, frames, cpu = run_locust(
+                servers[:count],
                 users,
                 args.run_time,
                 label,
                 locust_env,
                 classes,
             )
-            step = Step(label, count, users, profile, rows, frames)
+            step = Step(label, count, users, profile, rows, frames, cpu)
             steps.append(step)
             print("\n".join(step_table(step)), flush=True)
             if profile == "sync" and not step.passed:
@@ -416,8 +459,9 @@ def main() -> None:
             "",
             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, PostgreSQL + Redis, "
             f"{args.listings} listings, {args.seed_users} users, {args.seed_orders} past orders; "
-            f"{args.run_time} s measured per step, after a 20 s ramp and {SETTLE_SECONDS} s to "
-            "settle.",
+            f"{args.run_time} s measured per step, after the users came online at "
+            f"{SPAWN_PER_SECOND}/s and {SETTLE_SECONDS} s more to settle. Server, load generator, "
+            "PostgreSQL and Redis share the same cores.",
             "",
         ]
         if capacity:
