@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck check lock bench load clean
 
+# PAYMENTS_SANDBOX=on: online payments go to the fake gateway mounted at /sandbox/mips, so the
+# demo pays end to end with nobody charged. Here only: never in production.
 run: $(STAMP)  ## install, migrate, seed the demo catalogue, serve on http://127.0.0.1:8000
 	$(BIN)/freshroots migrate
 	$(BIN)/freshroots seed-demo
-	$(BIN)/freshroots serve --host 127.0.0.1 --port 8000
+	PAYMENTS_SANDBOX=on $(BIN)/freshroots serve --host 127.0.0.1 --port 8000
 
 test: $(STAMP)  ## the whole suite, on the embedded default and on PostgreSQL + Redis
 	$(BIN)/pytest

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from integrations.analytics.sentry import init_sentry
+from integrations.payments.sandbox import create_mips_standin
 from storage.changelog import prune
 from storage.db import Database
 from storage.migrate import pending_message
@@ -118,13 +119,16 @@ def create_app(settings: Settings) -> Starlette:
         release=f"freshroots-sync@{VERSION}",
     ):
         log.info("Sentry is off: SENTRY_DSN is not set")
+    sandbox = payments.payments_sandbox(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         problem = await anyio.to_thread.run_sync(pending_message, settings.database_url)
         if problem is not None:
             raise SchemaNotReady(problem)
-        async with open_services(settings) as services:
+        async with open_services(
+            settings, payments_gateway=sandbox.settings if sandbox else None
+        ) as services:
             app.state.services = services
             app.state.metrics = app_metrics
             app_metrics.refresh = lambda: refresh_gauges(services, app_metrics)
@@ -205,13 +209,20 @@ def create_app(settings: Settings) -> Starlette:
         Middleware(CompressionMiddleware),
         Middleware(BodyMiddleware, max_bytes=settings.max_body_bytes),
     ]
-    return Starlette(
+    # Off: not mounted at all, so /sandbox/... is a plain 404.
+    sandbox_routes = (
+        [Mount(payments.SANDBOX_PATH, create_mips_standin(sandbox), name="payments_sandbox")]
+        if sandbox
+        else []
+    )
+    app = Starlette(
         routes=[
             *api_routes,
             *admin_session.routes,
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/admin", lambda request: RedirectResponse("/admin/"), methods=["GET"]),
             Mount("/admin", StaticFiles(directory=ADMIN_UI, html=True), name="admin"),
+            *sandbox_routes,
         ],
         middleware=middleware,
         exception_handlers={
@@ -221,6 +232,8 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.payments_sandbox = sandbox  # the stand-in's state, for tests (None when off)
+    return app
 
 
 def dashboard_policy(settings: Settings) -> str:

@@ -69,7 +69,10 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, payments_gateway: MipsSettings | None = None
+) -> AsyncIterator[Services]:
+    """`payments_gateway`: the in-server sandbox's settings, in place of the MIPS_* ones."""
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     redis: Redis | None = None
     cache: Cache
@@ -92,7 +95,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     cloudinary = CloudinarySettings.from_environ(settings.environ)
     media = CloudinaryMedia(cloudinary) if cloudinary else None
     posthog = PostHogSettings.from_environ(settings.environ)
-    mips = MipsSettings.from_environ(settings.environ)
+    mips = payments_gateway or MipsSettings.from_environ(settings.environ)
     for name, configured, variable in (
         ("Cloudinary media", media, "CLOUDINARY_URL"),
         ("Online payments", mips, "MIPS_API_URL"),

@@ -136,6 +136,11 @@ class Settings:
         return self.outbox_worker == "on" or (self.outbox_worker == "auto" and self.is_sqlite)
 
     db_pool_size: int = 10
+    # Where this server is reachable (browsers, phones, and the server calling itself); used
+    # by the payments sandbox, which serves its pages and receives its IMN here.
+    public_base_url: str = "http://127.0.0.1:8000"
+    # The stand-in MIPS gateway mounted at /sandbox/mips: demos and local runs only.
+    payments_sandbox: bool = False
     sentry_dsn: str | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -170,6 +175,12 @@ class Settings:
             jwt_secret = _secret_from_file(sqlite_path(database_url).parent)
         elif len(jwt_secret) < 16:
             raise ConfigError("JWT_SECRET must be at least 16 characters")
+
+        public_base_url = (env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
+        if not public_base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"PUBLIC_BASE_URL must start with http:// or https://, got {public_base_url!r}"
+            )
 
         limits_enabled = env.get("RATE_LIMITS", "on").strip().lower() not in {"off", "0", "false"}
         rate_limits = RateLimits(
@@ -208,6 +219,8 @@ class Settings:
             outbox_poll_seconds=_float(env, "OUTBOX_POLL_SECONDS", 2.0),
             outbox_lease_seconds=_float(env, "OUTBOX_LEASE_SECONDS", 60.0),
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
+            public_base_url=public_base_url,
+            payments_sandbox=_choice(env, "PAYMENTS_SANDBOX", ("on", "off"), "off") == "on",
             sentry_dsn=env.get("SENTRY_DSN") or None,
             environ=env,
         )

@@ -3,6 +3,9 @@ page that posts the IMN back to the merchant, and hooks for tests (outages, tamp
 
 The `crypted_callback` it issues is opaque to the merchant (base64 JSON + HMAC under the
 cipher key); only this gateway can decrypt it, as with the real one.
+
+Tests serve it on its own port; with PAYMENTS_SANDBOX=on the server mounts it inside itself
+(`sandbox_gateway`), so a local run pays end to end with nobody charged.
 """
 
 from __future__ import annotations
@@ -32,6 +35,24 @@ class GatewayState:
     calls: dict[str, int] = field(default_factory=dict)
     fail_next: int = 0  # answer 503 to this many calls
     tamper_amount_cents: int | None = None
+    notifications: list[str] = field(default_factory=list)  # every crypted_callback posted
+
+
+def sandbox_gateway(api_url: str, webhook_url: str) -> GatewayState:
+    """A gateway to mount inside the merchant's own server: fresh credentials, shared by the
+    stand-in and by the merchant's client (given the same settings), never written anywhere."""
+    settings = MipsSettings(
+        api_url=api_url.rstrip("/"),
+        id_merchant="sandbox-merchant-" + secrets.token_hex(4),
+        id_entity="sandbox-entity-" + secrets.token_hex(4),
+        id_operator="sandbox-operator-" + secrets.token_hex(4),
+        operator_password=secrets.token_urlsafe(24),
+        basic_user="sandbox",
+        basic_password=secrets.token_urlsafe(24),
+        salt=secrets.token_urlsafe(12),
+        cipher_key=secrets.token_urlsafe(32),
+    )
+    return GatewayState(settings=settings, webhook_url=webhook_url)
 
 
 def _seal(state: GatewayState, data: dict[str, Any]) -> str:
@@ -56,6 +77,11 @@ def _open(state: GatewayState, token: str) -> dict[str, Any] | None:
 
 def create_mips_standin(state: GatewayState) -> Starlette:
     s = state.settings
+
+    def own_url(request: Request, path: str) -> str:
+        # root_path: where it is mounted (/sandbox/mips inside our server, "" on its own).
+        prefix = request.scope.get("root_path", "")
+        return f"{request.url.scheme}://{request.url.netloc}{prefix}{path}"
 
     def authorised(request: Request, body: dict[str, Any]) -> bool:
         expected = base64.b64encode(f"{s.basic_user}:{s.basic_password}".encode()).decode()
@@ -97,7 +123,7 @@ def create_mips_standin(state: GatewayState) -> Starlette:
                 "redirect": body.get("iframe_behavior", {}).get("custom_redirection_url", "/"),
             },
         )
-        url = f"{request.url.scheme}://{request.url.netloc}/pay/{order['token']}"
+        url = own_url(request, f"/pay/{order['token']}")
         return JSONResponse(
             {
                 "operation_status": "success",
@@ -119,10 +145,7 @@ def create_mips_standin(state: GatewayState) -> Starlette:
                 "redirect": "/",
             },
         )
-        html = (
-            f'<iframe src="{request.url.scheme}://{request.url.netloc}/pay/'
-            f'{entry["token"]}"></iframe>'
-        )
+        html = f'<iframe src="{own_url(request, "/pay/" + entry["token"])}"></iframe>'
         return JSONResponse({"answer": {"operation_status": "success", "payment_zone_data": html}})
 
     async def decrypt(request: Request) -> JSONResponse:
@@ -185,6 +208,7 @@ def crypted_callback(state: GatewayState, id_order: str, status: str, amount: An
 async def send_imn(state: GatewayState, id_order: str, status: str, amount: Any = None) -> str:
     """Post an IMN to the merchant's webhook as the gateway does; returns its plain answer."""
     token = crypted_callback(state, id_order, status, amount)
+    state.notifications.append(token)
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(state.webhook_url, data={"crypted_callback": token})
     return response.text

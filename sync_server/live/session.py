@@ -130,9 +130,10 @@ class Session:
     # -- the socket -------------------------------------------------------------------------
 
     async def send(self, text: str) -> None:
-        await asyncio.wait_for(
-            self.websocket.send_text(text), self.services.settings.ws_send_timeout_seconds
-        )
+        # asyncio.timeout, not wait_for: wait_for wraps the send in a new task, and this
+        # runs once per frame per socket — thousands of times per committed change.
+        async with asyncio.timeout(self.services.settings.ws_send_timeout_seconds):
+            await self.websocket.send_text(text)
 
     async def catch_up(self, state: Any, reset: bool) -> None:
         """Page from `state` until current; ends with a `more: false` frame."""
@@ -166,7 +167,8 @@ class Session:
         while True:
             wait = ping_every * (0.8 + 0.2 * random.random())  # jitter: no ping stampedes
             try:
-                item = await asyncio.wait_for(self.queue.get(), wait)
+                async with asyncio.timeout(wait):
+                    item = await self.queue.get()
             except TimeoutError:
                 await self.send('{"type":"ping"}')
                 continue
@@ -188,7 +190,8 @@ class Session:
                 await self.websocket.close(CLOSE_UNAUTHORIZED, "token expired")
                 return
             try:
-                raw = await asyncio.wait_for(receive_text(self.websocket), remaining)
+                async with asyncio.timeout(remaining):
+                    raw = await receive_text(self.websocket)
             except TimeoutError:
                 continue
             try:

@@ -6,7 +6,7 @@ import logging
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from integrations.payments.base import (
@@ -14,13 +14,29 @@ from integrations.payments.base import (
     PaymentProviderError,
     PaymentProviderUnavailable,
 )
+from integrations.payments.sandbox import GatewayState, sandbox_gateway
+from integrations.payments.settings import MipsSettings
 from storage.payments import apply_notification, mark_event, open_attempt, store_event
 from sync_server.errors import FreshRootsError, NotConfigured, ServiceUnavailable, ValidationFailed
 from sync_server.http import authenticate, doc, json_response, path_param, read_json
 from sync_server.services import services_of
+from sync_server.settings import Settings
 
 log = logging.getLogger("freshroots.payments")
 ONLINE_METHODS = ("juice", "myt_money", "card")
+IMN_PATH = "/api/webhooks/payments/mips"
+SANDBOX_PATH = "/sandbox/mips"
+RETURN_PATH = "/payments/return"
+RETURN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Fresh Roots — payment</title></head>
+<body style="font-family: sans-serif; max-width: 28rem; margin: 3rem auto; padding: 0 1rem">
+<h1>Thank you</h1>
+<p>Your payment is being confirmed with the bank. Go back to the Fresh Roots app: your order
+shows <strong>paid</strong> as soon as the confirmation arrives, usually within a minute.</p>
+</body></html>
+"""
 
 
 class PaymentGatewayRefused(FreshRootsError):
@@ -64,7 +80,9 @@ async def pay(request: Request) -> Response:
                 currency="MUR",
                 method=body.method,
                 title=f"Fresh Roots order {order_id}",
-                return_url=services.settings.environ.get("MIPS_RETURN_URL", str(request.base_url)),
+                return_url=services.settings.environ.get(
+                    "MIPS_RETURN_URL", services.settings.public_base_url + RETURN_PATH
+                ),
             )
         )
     except PaymentProviderUnavailable:
@@ -125,7 +143,38 @@ async def mips_notification(request: Request) -> Response:
     return PlainTextResponse("success")
 
 
+def payments_sandbox(settings: Settings) -> GatewayState | None:
+    """PAYMENTS_SANDBOX=on: the stand-in gateway, to be mounted at SANDBOX_PATH in this very
+    server. Our client reaches it, and it posts its IMN to our webhook, over real HTTP at
+    PUBLIC_BASE_URL, so a paid order goes through exactly the production code. Real MIPS_*
+    credentials win: the sandbox never hides a configured gateway."""
+    if not settings.payments_sandbox:
+        return None
+    if MipsSettings.from_environ(settings.environ) is not None:
+        log.warning("PAYMENTS_SANDBOX=on is ignored: real MIPS_* credentials are configured")
+        return None
+    base = settings.public_base_url
+    gateway = sandbox_gateway(f"{base}{SANDBOX_PATH}", webhook_url=f"{base}{IMN_PATH}")
+    log.warning(
+        "PAYMENTS SANDBOX IS ON: online payments go to a fake gateway inside this server at "
+        "%s%s and nobody is charged; every payment it reports is made up. Demos and local "
+        "runs only (one process), NEVER production.%s",
+        base,
+        SANDBOX_PATH,
+        "" if settings.is_sqlite else " This server uses PostgreSQL: is this production?",
+    )
+    return gateway
+
+
+async def payment_return(request: Request) -> Response:
+    """Where the gateway's page sends the buyer back. The order's state comes from the
+    gateway's server-to-server notification, never from this redirect, so the page only
+    says where to look."""
+    return HTMLResponse(RETURN_PAGE)
+
+
 routes = [
     Route("/api/orders/{order_id}/payments", pay, methods=["POST"]),
-    Route("/api/webhooks/payments/mips", mips_notification, methods=["POST"]),
+    Route(IMN_PATH, mips_notification, methods=["POST"]),
+    Route(RETURN_PATH, payment_return, methods=["GET"]),
 ]
