@@ -1,14 +1,16 @@
 """`make load`: seed realistic data on a throwaway PostgreSQL database + Redis prefix, start
 one and then two server processes on loopback, and run locust headless against them.
 
-    python loadtests/run_load.py                      # one bounded run per process count
-    python loadtests/run_load.py --capacity           # step users up until p95 >= 250 ms
-    python loadtests/run_load.py --users 1000 --run-time 60
+    python loadtests/run_load.py               # the mixed profile, 500 users, 1 and 2 processes
+    python loadtests/run_load.py --capacity    # first step background-sync phones up until
+                                               # p95 >= 250 ms or a failure (`make load`)
+    python loadtests/run_load.py --capacity --processes 2 --steps 6000,8000 --run-time 90
 
 Seeding: listings go through the storage write path (so sync sees them), users and past
 orders are bulk-inserted with one precomputed bcrypt hash (hashing tens of thousands of
-passwords would take minutes and proves nothing here). Reports (CSV + a summary) go to
-loadtests/reports/. Only 127.0.0.1 is ever targeted; every step is bounded in time.
+passwords would take minutes and proves nothing here). Reports go to loadtests/reports/:
+report.md (every run, and the capacity table), locust's CSV and HTML per run, the server log.
+Only 127.0.0.1 is ever targeted; every step is bounded in time.
 """
 
 from __future__ import annotations
@@ -361,14 +363,16 @@ def main() -> None:
     )
     parser.add_argument("--users", type=int, default=500, help="users in the mixed-profile run")
     parser.add_argument(
-        "--run-time", type=int, default=90, help="seconds of steady state per run (after ramp)"
+        "--run-time", type=int, default=60, help="seconds measured per run, after the ramp"
     )
     parser.add_argument(
         "--capacity",
         action="store_true",
         help="step background-sync users up until p95 >= 250 ms or a failure",
     )
-    parser.add_argument("--steps", default="1000,2000,4000,6000,8000")
+    parser.add_argument(
+        "--steps", default="2000,4000,5000,6000,8000,10000", help="user counts for --capacity"
+    )
     parser.add_argument("--processes", default="1,2", help="server process counts to run")
     parser.add_argument("--listings", type=int, default=2000)
     parser.add_argument("--seed-users", type=int, default=20000)
