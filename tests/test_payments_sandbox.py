@@ -130,6 +130,33 @@ def test_paying_on_the_in_server_sandbox_marks_the_order_paid_once(
     assert not changes_for(after, "payments", order_id)
 
 
+def test_the_sandbox_answers_bad_requests_with_4xx(sandboxed_server: str) -> None:
+    gateway: GatewayState = RUNNING[sandboxed_server][0].state.payments_sandbox
+    s = gateway.settings
+    authentify = {
+        "id_merchant": s.id_merchant,
+        "id_entity": s.id_entity,
+        "id_operator": s.id_operator,
+        "operator_password": s.operator_password,
+    }
+    auth = (s.basic_user, s.basic_password)
+    for path, body in (
+        ("/create_payment_request", b""),
+        ("/create_payment_request", b"not json"),
+        ("/create_payment_request", b"[1, 2]"),
+        ("/load_payment_zone", b"{}"),
+    ):
+        answer = httpx.post(f"{sandboxed_server}{SANDBOX_PATH}{path}", content=body, auth=auth)
+        assert answer.status_code in (400, 401), (path, body, answer.status_code)
+    for body_json in ({"authentify": authentify}, {"authentify": authentify, "initial_payment": 7}):
+        answer = httpx.post(
+            f"{sandboxed_server}{SANDBOX_PATH}/create_payment_request", json=body_json, auth=auth
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["operation_status"] == "fail"
+    assert gateway.requests == {}  # nothing was recorded
+
+
 def test_without_the_setting_nothing_is_mounted(server: str, backend: Backend) -> None:
     for method, path in (
         ("POST", "/create_payment_request"),

@@ -75,6 +75,11 @@ def _open(state: GatewayState, token: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _malformed() -> JSONResponse:
+    """What the gateway answers a body it cannot read: a 4xx, never a crash."""
+    return JSONResponse({"operation_status": "fail", "message": "malformed request"}, 400)
+
+
 def create_mips_standin(state: GatewayState) -> Starlette:
     s = state.settings
 
@@ -102,7 +107,12 @@ def create_mips_standin(state: GatewayState) -> Starlette:
         if state.fail_next > 0:
             state.fail_next -= 1
             return None, JSONResponse({"operation_status": "error"}, 503)
-        body = await request.json()
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return None, _malformed()
         if not authorised(request, body):
             return None, JSONResponse(
                 {"operation_status": "fail", "message": "authentication failed"}, 401
@@ -113,16 +123,21 @@ def create_mips_standin(state: GatewayState) -> Starlette:
         body, refusal = await guarded(request, "create_payment_request")
         if body is None:
             return refusal  # type: ignore[no-any-return]
-        payment = body["initial_payment"]
-        order = state.requests.setdefault(
-            payment["id_order"],
-            {
-                "amount": payment["amount"],
-                "currency": payment["currency"],
-                "token": secrets.token_urlsafe(8),
-                "redirect": body.get("iframe_behavior", {}).get("custom_redirection_url", "/"),
-            },
-        )
+        try:
+            payment = body["initial_payment"]
+            order = state.requests.setdefault(
+                str(payment["id_order"]),
+                {
+                    "amount": payment["amount"],
+                    "currency": payment["currency"],
+                    "token": secrets.token_urlsafe(8),
+                    "redirect": str(
+                        (body.get("iframe_behavior") or {}).get("custom_redirection_url", "/")
+                    ),
+                },
+            )
+        except (KeyError, TypeError, AttributeError):
+            return _malformed()
         url = own_url(request, f"/pay/{order['token']}")
         return JSONResponse(
             {
@@ -135,16 +150,19 @@ def create_mips_standin(state: GatewayState) -> Starlette:
         body, refusal = await guarded(request, "load_payment_zone")
         if body is None:
             return refusal  # type: ignore[no-any-return]
-        order = body["order"]
-        entry = state.requests.setdefault(
-            order["id_order"],
-            {
-                "amount": order["amount"],
-                "currency": order["currency"],
-                "token": secrets.token_urlsafe(8),
-                "redirect": "/",
-            },
-        )
+        try:
+            order = body["order"]
+            entry = state.requests.setdefault(
+                str(order["id_order"]),
+                {
+                    "amount": order["amount"],
+                    "currency": order["currency"],
+                    "token": secrets.token_urlsafe(8),
+                    "redirect": "/",
+                },
+            )
+        except (KeyError, TypeError):
+            return _malformed()
         html = f'<iframe src="{own_url(request, "/pay/" + entry["token"])}"></iframe>'
         return JSONResponse({"answer": {"operation_status": "success", "payment_zone_data": html}})
 
