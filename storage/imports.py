@@ -54,23 +54,40 @@ class ImportReport:
     listing_ids: list[str] = field(default_factory=list)
 
 
-async def _store_picture(
-    pictures: PictureStore | None, post: PostDrafts, report: ImportReport
-) -> str | None:
-    """The post picture's public id, or None (no picture, no store, or it failed)."""
-    if pictures is None or not post.picture:
-        return None
-    public_id = "facebook/" + re.sub(r"[^A-Za-z0-9_-]", "_", post.post_id)
-    try:
-        stored = await pictures.upload_from_url(post.picture, public_id, tags=("facebook",))
-    except Exception as error:  # a provider outage must not lose the draft itself
-        log.warning(
-            "facebook picture not stored", extra={"post": post.post_id, "error": str(error)}
-        )
-        report.pictures_failed += 1
-        return None
-    report.pictures_stored += 1
-    return stored
+class _PostPicture:
+    """A post's picture, stored at most once however many of its drafts need it, and only
+    when one does (`None`: no picture, Cloudinary off, or the upload failed)."""
+
+    def __init__(
+        self, pictures: PictureStore | None, post: PostDrafts, report: ImportReport
+    ) -> None:
+        self._pictures, self._post, self._report = pictures, post, report
+        self._asked = False
+        self._public_id: str | None = None
+
+    async def public_id(self) -> str | None:
+        if not self._asked:
+            self._asked = True
+            self._public_id = await self._store()
+        return self._public_id
+
+    async def _store(self) -> str | None:
+        post, report = self._post, self._report
+        if self._pictures is None or not post.picture:
+            return None
+        public_id = "facebook/" + re.sub(r"[^A-Za-z0-9_-]", "_", post.post_id)
+        try:
+            stored = await self._pictures.upload_from_url(
+                post.picture, public_id, tags=("facebook",)
+            )
+        except Exception as error:  # a provider outage must not lose the draft itself
+            log.warning(
+                "facebook picture not stored", extra={"post": post.post_id, "error": str(error)}
+            )
+            report.pictures_failed += 1
+            return None
+        report.pictures_stored += 1
+        return stored
 
 
 async def _attach_picture(changelog: ChangeLog, listing_id: str, public_id: str) -> None:
@@ -83,7 +100,7 @@ async def _revisit(
     listing: Any,
     draft: Any,
     report: ImportReport,
-    picture: Any,
+    picture: _PostPicture,
 ) -> None:
     """An edited post: a draft follows it; a published listing is never overwritten, and a
     new price is put to the admins as a suggestion instead. A draft whose picture could not
@@ -93,7 +110,7 @@ async def _revisit(
         and listing.deleted_at is None
         and orjson.loads(listing.images or "[]") == []
     ):
-        public_id = await picture()
+        public_id = await picture.public_id()
         if public_id is not None:
             await _attach_picture(changelog, listing.id, public_id)
     if listing.deleted_at is not None or (
@@ -174,13 +191,7 @@ async def import_posts(
         if not post.drafts:
             report.without_offers += 1
             continue
-        stored: list[str | None] = []
-
-        async def picture(post: PostDrafts = post, stored: list[str | None] = stored) -> str | None:
-            # Once per post, however many drafts it holds, and only when one needs it.
-            if not stored:
-                stored.append(await _store_picture(pictures, post, report))
-            return stored[0]
+        picture = _PostPicture(pictures, post, report)
 
         refs = [f"fb:{post.post_id}:{index}" for index in range(len(post.drafts))]
         async with changelog.db.read() as conn:
@@ -205,7 +216,7 @@ async def import_posts(
             if ref in existing:
                 await _revisit(changelog, existing[ref], draft, report, picture)
                 continue
-            public_id = await picture()  # before the transaction: no lock held over HTTP
+            public_id = await picture.public_id()  # before the transaction: no lock over HTTP
             description = f"Imported from the farm's Facebook post {post.permalink or ''}".strip()
             try:
                 async with changelog.transaction() as tx:

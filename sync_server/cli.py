@@ -240,7 +240,7 @@ def cmd_facebook_import(args: argparse.Namespace) -> int:
         return 2
 
     async def run(changelog: ChangeLog) -> int:
-        created = seen = stored = failed = 0
+        totals = {"posts": 0, "created": 0, "stored": 0, "failed": 0}
         async with httpx.AsyncClient(timeout=30) as http:
             graph = GraphClient(http, facebook)
             pictures = CloudinaryAdmin.from_environ(http, settings.environ)
@@ -249,33 +249,40 @@ def cmd_facebook_import(args: argparse.Namespace) -> int:
                     "CLOUDINARY_URL is not set: drafts are imported without pictures.",
                     file=sys.stderr,
                 )
+
+            async def flush(batch: list[dict[str, object]]) -> None:
+                report = await import_posts(
+                    changelog, parse_feed_page({"data": batch}), pictures=pictures
+                )
+                totals["posts"] += report.posts
+                totals["created"] += report.created
+                totals["stored"] += report.pictures_stored
+                totals["failed"] += report.pictures_failed
+                print(
+                    f"  {totals['posts']} posts read, {totals['created']} drafts created",
+                    file=sys.stderr,
+                )
+
             batch: list[dict[str, object]] = []
             try:
                 async for post in graph.iter_feed(page_id):
                     batch.append(post)
-                    if len(batch) == 25 or (args.limit and seen + len(batch) >= args.limit):
-                        report = await import_posts(
-                            changelog, parse_feed_page({"data": batch}), pictures=pictures
-                        )
-                        seen, created = seen + report.posts, created + report.created
-                        stored += report.pictures_stored
-                        failed += report.pictures_failed
-                        print(f"  {seen} posts read, {created} drafts created", file=sys.stderr)
+                    if len(batch) == 25 or (
+                        args.limit and totals["posts"] + len(batch) >= args.limit
+                    ):
+                        await flush(batch)
                         batch = []
-                        if args.limit and seen >= args.limit:
+                        if args.limit and totals["posts"] >= args.limit:
                             break
                 if batch:
-                    report = await import_posts(
-                        changelog, parse_feed_page({"data": batch}), pictures=pictures
-                    )
-                    seen, created = seen + report.posts, created + report.created
-                    stored += report.pictures_stored
-                    failed += report.pictures_failed
+                    await flush(batch)
             except FacebookError as error:
                 print(f"import stopped: {error}", file=sys.stderr)
                 return 1
+        failed = totals["failed"]
         print(
-            f"imported {seen} posts: {created} new draft listings, {stored} pictures stored"
+            f"imported {totals['posts']} posts: {totals['created']} new draft listings, "
+            f"{totals['stored']} pictures stored"
             f"{f', {failed} pictures failed (retried on the next import)' if failed else ''} "
             "(review and publish them in the dashboard)"
         )

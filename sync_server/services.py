@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
 from integrations.analytics.posthog import PostHogClient, PostHogSettings
-from integrations.media.cloudinary_media import CloudinaryMedia
+from integrations.media.cloudinary_media import CloudinaryAdmin, CloudinaryMedia
 from integrations.media.settings import CloudinarySettings
 from integrations.payments.base import PaymentProvider
 from integrations.payments.mips import MipsProvider
@@ -54,6 +54,8 @@ class Services:
     http: httpx.AsyncClient
     codes: CodeBook
     media: CloudinaryMedia | None = None
+    # Server-side Upload API calls (Facebook pictures by URL); None when Cloudinary is off.
+    media_admin: CloudinaryAdmin | None = None
     payments: PaymentProvider | None = None
     analytics: PostHogClient | None = None
     live: LiveHub = field(init=False)
@@ -121,6 +123,7 @@ async def open_services(
         http=http,
         codes=CodeBook(cache, settings.jwt_secret),
         media=media,
+        media_admin=CloudinaryAdmin(http, cloudinary, timeout=30.0) if cloudinary else None,
         payments=MipsProvider(http, mips) if mips else None,
         analytics=PostHogClient(http, posthog) if posthog else None,
         redis=redis,

@@ -119,22 +119,26 @@ def create_mips_standin(state: GatewayState) -> Starlette:
             )
         return body, None
 
+    def remember(order: Any, redirect: str) -> dict[str, Any]:
+        """The payment the merchant asked for (once per id_order: a retry gets the same)."""
+        return state.requests.setdefault(
+            str(order["id_order"]),
+            {
+                "amount": order["amount"],
+                "currency": order["currency"],
+                "token": secrets.token_urlsafe(8),
+                "redirect": redirect,
+            },
+        )
+
     async def create_payment_request(request: Request) -> JSONResponse:
         body, refusal = await guarded(request, "create_payment_request")
         if body is None:
             return refusal  # type: ignore[no-any-return]
         try:
-            payment = body["initial_payment"]
-            order = state.requests.setdefault(
-                str(payment["id_order"]),
-                {
-                    "amount": payment["amount"],
-                    "currency": payment["currency"],
-                    "token": secrets.token_urlsafe(8),
-                    "redirect": str(
-                        (body.get("iframe_behavior") or {}).get("custom_redirection_url", "/")
-                    ),
-                },
+            behaviour = body.get("iframe_behavior") or {}
+            order = remember(
+                body["initial_payment"], str(behaviour.get("custom_redirection_url", "/"))
             )
         except (KeyError, TypeError, AttributeError):
             return _malformed()
@@ -151,16 +155,7 @@ def create_mips_standin(state: GatewayState) -> Starlette:
         if body is None:
             return refusal  # type: ignore[no-any-return]
         try:
-            order = body["order"]
-            entry = state.requests.setdefault(
-                str(order["id_order"]),
-                {
-                    "amount": order["amount"],
-                    "currency": order["currency"],
-                    "token": secrets.token_urlsafe(8),
-                    "redirect": "/",
-                },
-            )
+            entry = remember(body["order"], "/")
         except (KeyError, TypeError):
             return _malformed()
         html = f'<iframe src="{own_url(request, "/pay/" + entry["token"])}"></iframe>'

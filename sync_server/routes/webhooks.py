@@ -19,7 +19,6 @@ from integrations.facebook.graph import (
 from integrations.facebook.parser import parse_feed_page
 from integrations.facebook.settings import FacebookSettings
 from integrations.facebook.webhook import changed_posts, handshake, verify_signature
-from integrations.media.cloudinary_media import CloudinaryAdmin
 from storage.imports import import_posts
 from sync_server.errors import Forbidden, MalformedJSON, NotConfigured, ServiceUnavailable
 from sync_server.http import doc, json_response, read_json, require_admin
@@ -83,7 +82,7 @@ async def facebook_event(request: Request) -> Response:
     report = await import_posts(
         services.changelog,
         parse_feed_page({"data": posts}),
-        pictures=CloudinaryAdmin.from_environ(services.http, services.settings.environ),
+        pictures=services.media_admin,
     )
     log.info(
         "facebook webhook import",
@@ -123,7 +122,7 @@ async def admin_import(request: Request) -> Response:
     report = await import_posts(
         services.changelog,
         parse_feed_page({"data": posts}),
-        pictures=CloudinaryAdmin.from_environ(services.http, services.settings.environ),
+        pictures=services.media_admin,
     )
     return json_response(
         {
