@@ -63,11 +63,27 @@ class CursorExpired(Exception):
     """The cursor points before the pruned part of the log."""
 
 
-async def log_floor(conn: AsyncConnection) -> int:
-    value = (
-        await conn.execute(select(SyncMeta.value).where(SyncMeta.key == "log_floor"))
-    ).scalar_one_or_none()
-    return int(value or 0)
+@dataclass(frozen=True)
+class LogBounds:
+    """The pruned floor and the newest committed position, as one snapshot sees them."""
+
+    floor: int
+    head: int
+
+
+async def log_bounds(conn: AsyncConnection) -> LogBounds:
+    """One round trip. The head is never below the floor, so a snapshot started now is never
+    mistaken for an expired one; every position up to the head is visible (see changelog)."""
+    floor_value = select(SyncMeta.value).where(SyncMeta.key == "log_floor").scalar_subquery()
+    newest, floor = (
+        await conn.execute(select(func.coalesce(func.max(ChangeLogEntry.position), 0), floor_value))
+    ).one()
+    floor = int(floor or 0)
+    return LogBounds(floor, max(int(newest), floor))
+
+
+async def log_head(conn: AsyncConnection) -> int:
+    return (await log_bounds(conn)).head
 
 
 async def pull_page(
@@ -79,25 +95,22 @@ async def pull_page(
     full_rows: bool = False,
 ) -> PullPage:
     """One page. `full_rows`: changed rows come whole in `patch` (for WatermelonDB, which
-    replaces local records instead of merging fields)."""
+    replaces local records instead of merging fields).
+
+    Reads run in one REPEATABLE READ snapshot, so the bounds read first hold for every later
+    statement of the page."""
+    bounds = await log_bounds(conn)
     if state is None:
-        head = await log_head(conn)
-        return await _snapshot_page(conn, principal, SnapshotCursor(head, 0, ""), limit)
+        return await _snapshot_page(conn, principal, SnapshotCursor(bounds.head, 0, ""), limit)
     if isinstance(state, SnapshotCursor):
-        if state.head < await log_floor(conn):
+        if state.head < bounds.floor:
             raise CursorExpired()
         return await _snapshot_page(conn, principal, state, limit)
-    if state.position < await log_floor(conn):
+    if state.position < bounds.floor:
         raise CursorExpired()
-    return await _log_page(conn, principal, state.position, limit, full_rows=full_rows)
-
-
-async def log_head(conn: AsyncConnection) -> int:
-    """The newest committed position (all earlier ones are visible too), never below the
-    pruned floor, so a snapshot started now is never mistaken for an expired one."""
-    query = select(func.coalesce(func.max(ChangeLogEntry.position), 0))
-    newest = int((await conn.execute(query)).scalar_one())
-    return max(newest, await log_floor(conn))
+    return await _log_page(
+        conn, principal, state.position, limit, head=bounds.head, full_rows=full_rows
+    )
 
 
 def _add(changes: dict[str, TableChanges], table: str, kind: str, item: Any) -> None:
@@ -129,7 +142,7 @@ async def _snapshot_page(
         table_index, last_id = table_index + 1, ""
     # Snapshot done: continue from the log head it started at. Anything committed since then
     # is replayed from the log on the next page, so more=True only if such changes exist.
-    later = await _log_page(conn, principal, state.head, 1, probe_only=True)
+    later = await _log_page(conn, principal, state.head, 1, head=state.head, probe_only=True)
     return PullPage(changes, LogCursor(state.head), more=later.more, rows=limit - remaining)
 
 
@@ -139,6 +152,7 @@ async def _log_page(
     after: int,
     limit: int,
     *,
+    head: int,
     probe_only: bool = False,
     full_rows: bool = False,
 ) -> PullPage:
@@ -186,7 +200,7 @@ async def _log_page(
         # Everything in scope up to the newest committed position has been read (positions
         # become visible in order), so the cursor may jump there. Clients idle in a quiet
         # scope then stay near the head, and live sockets can join the shared stream.
-        position = max(position, await log_head(conn))
+        position = max(position, head)
     changes: dict[str, TableChanges] = {}
     ids_by_table: dict[str, list[str]] = defaultdict(list)
     for table_name, row_id in grouped:
