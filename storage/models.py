@@ -263,7 +263,12 @@ class ChangeLogEntry(Base):
     kind: Mapped[int] = mapped_column(SmallInteger)
     fields: Mapped[str] = mapped_column(Text, default="")
     committed_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    __table_args__ = (Index("ix_change_log_scope_position", "scope", "position"),)
+    __table_args__ = (
+        Index("ix_change_log_scope_position", "scope", "position"),
+        # "Did this row change (or leave) after position p?": pull's left-since check and
+        # the WatermelonDB conflict check.
+        Index("ix_change_log_row_position", "row_id", "position"),
+    )
 
 
 class SyncMeta(Base):

@@ -201,6 +201,13 @@ async def _log_page(
         # become visible in order), so the cursor may jump there. Clients idle in a quiet
         # scope then stay near the head, and live sockets can join the shared stream.
         position = max(position, head)
+    # A full page ends before the head. A row that was in scope at the window's end but has
+    # left since must not be sent yet: not as a put (its current values may be a draft's), and
+    # not as a patch either, because the client may never have received it (an earlier page
+    # skipped its put for the same reason). Its leaving reaches the client later as a del, and
+    # a return after that as a put. The current row cannot tell "left" from "left and came
+    # back", so the log decides.
+    left_since = await _left_after(conn, scopes, position, grouped) if more else set()
     changes: dict[str, TableChanges] = {}
     ids_by_table: dict[str, list[str]] = defaultdict(list)
     for table_name, row_id in grouped:
@@ -217,25 +224,48 @@ async def _log_page(
         for row_id in ids:
             row = current.get(row_id)
             seen = grouped[(table_name, row_id)]
-            # Decide membership as of the window's end, where the cursor will stand: the
-            # current row may already be further on. A row that left within the window is
-            # deleted now even if it is back (its re-entry, later, comes as a put); a row
-            # still in scope at the window's end that has since left or gone is skipped, and
-            # its leaving, later, comes as a del. Deciding from the current row alone would
-            # let a later page send a patch for a row this client was told to delete.
+            # Membership is decided as of the window's end, where the cursor will stand. A row
+            # that left within the window is deleted now even if it is back (its re-entry,
+            # later, comes as a put).
             if not seen.held_at_end:
                 _add(changes, table_name, "del", row_id)
-            elif row is None or not (table.row_scopes(row) & own_scopes):
+            elif (table_name, row_id) in left_since:
                 continue
+            elif row is None or not (table.row_scopes(row) & own_scopes):
+                continue  # cannot happen when the log is complete; never leak a row out of scope
             elif seen.entered:
                 _add(changes, table_name, "put", table.encode(row))
             elif full_rows:
                 _add(changes, table_name, "patch", table.encode(row))
             else:
-                patch = table.encode_fields(row, sorted(grouped[(table_name, row_id)].fields))
+                patch = table.encode_fields(row, sorted(seen.fields))
                 if len(patch) > 1:
                     _add(changes, table_name, "patch", patch)
     return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
+
+
+async def _left_after(
+    conn: AsyncConnection,
+    scopes: tuple[str, ...],
+    after: int,
+    grouped: dict[tuple[str, str], _RowChanges],
+) -> set[tuple[str, str]]:
+    """The rows held at the window's end that left one of these scopes after it (by the
+    (row_id, position) index: a few rows, not the rest of the log)."""
+    held = {key for key, seen in grouped.items() if seen.held_at_end}
+    if not held:
+        return set()
+    found = await conn.execute(
+        select(ChangeLogEntry.table_name, ChangeLogEntry.row_id)
+        .where(
+            ChangeLogEntry.row_id.in_(sorted({row_id for _table, row_id in held})),
+            ChangeLogEntry.position > after,
+            ChangeLogEntry.kind == LEFT,
+            ChangeLogEntry.scope.in_(scopes),
+        )
+        .distinct()
+    )
+    return {(table_name, row_id) for table_name, row_id in found if (table_name, row_id) in held}
 
 
 @dataclass

@@ -59,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_config=None,
+        # RequestEdgeMiddleware writes the access log (with route, user and request id).
+        access_log=False,
         proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips,
         ws_per_message_deflate=settings.ws_per_message_deflate,

@@ -5,6 +5,7 @@ request path; gauges that describe state (outbox lag, pool use, sockets) are rea
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -58,10 +59,21 @@ class Metrics:
             registry=self.registry,
         )
         self.refresh: Callable[[], Awaitable[None]] | None = None
+        # `labels()` validates and looks up its arguments on every call; on the empty-pull
+        # path that was a visible share of the request. Routes are templates, so this stays
+        # small (routes x methods x status classes).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.request_seconds.labels(method, route).observe(seconds)
-        self.responses.labels(route, f"{status // 100}xx").inc()
+        key = (method, route, status // 100)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.request_seconds.labels(method, route),
+                self.responses.labels(route, f"{status // 100}xx"),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
     async def render(self) -> bytes:
         if self.refresh is not None:

@@ -5,6 +5,7 @@ untouched and nothing is buffered that need not be."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import secrets
 import time
@@ -52,6 +53,10 @@ class RequestEdgeMiddleware:
         self.app = app
         self.metrics = metrics
         self.dashboard_csp = (b"content-security-policy", dashboard_csp.encode())
+        # Unique across instances (random per process) and cheap per request (a counter, not
+        # a urandom call on every empty pull).
+        self._id_prefix = secrets.token_hex(4)
+        self._id_counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +67,7 @@ class RequestEdgeMiddleware:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:64]
         state = scope.setdefault("state", {})
-        state["request_id"] = request_id or secrets.token_hex(8)
+        state["request_id"] = request_id or f"{self._id_prefix}{next(self._id_counter):08x}"
         started = time.perf_counter()
         status = 500
         api = scope["path"].startswith("/api")
@@ -235,15 +240,14 @@ class CompressionMiddleware:
                 await send(message)
                 return
             assert start is not None
-            headers = MutableHeaders(scope=start)
             body = message.get("body", b"")
-            eligible = (
-                not message.get("more_body", False)
-                and len(body) >= MIN_COMPRESS_BYTES
-                and "content-encoding" not in headers
+            # Small or streamed bodies (most pulls are empty) pass without parsing headers.
+            eligible = not message.get("more_body", False) and len(body) >= MIN_COMPRESS_BYTES
+            headers = MutableHeaders(scope=start) if eligible else None
+            if headers is not None and (
+                "content-encoding" not in headers
                 and headers.get("content-type", "").startswith(COMPRESSIBLE)
-            )
-            if eligible:
+            ):
                 body = (
                     brotli.compress(body, quality=5)
                     if encoding == "br"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from protocol.cursor import CursorState, SnapshotCursor
 from storage.changelog import prune
 from storage.db import Database
+from storage.pull import PullPage, pull_page
+from storage.scopes import Principal
 from tests.conftest import Backend
 from tests.support.api import Api, client_id, register
-from tests.support.replica import apply_page, build, without_empty
+from tests.support.replica import Replica, apply_page, build, without_empty
 
 
 def changes_for(pages: list[dict], table: str, kind: str) -> list:
@@ -240,3 +243,77 @@ def test_a_row_that_left_and_came_back_across_pages_is_never_patched_unheld(
     _, fresh = buyer.pull_all()
     assert without_empty(replica) == without_empty(build(fresh))
     assert replica["listings"][listing["id"]]["stock"] == 4
+
+
+def test_a_put_held_back_while_a_new_row_is_hidden_is_not_followed_by_a_patch(
+    admin: Api, buyer: Api
+) -> None:
+    """Regression (found by review, then reproduced): a page ending while a new row is
+    hidden again holds its put back; a later page, read once the row is back, must not send
+    the row's in-between changes as a patch, because the client never received the row."""
+    cursor, pages = buyer.pull_all()
+    replica = build(pages)
+    listing = admin.create_listing(title="Pipengaille")  # enters the public scope
+    path = f"/api/admin/listings/{listing['id']}"
+    admin.create_listing(title="Filler one")
+    admin.patch(path, json={"price": 7200})  # changes inside the scope
+    admin.create_listing(title="Filler two")
+    admin.patch(path, json={"status": "draft"})  # leaves it
+    # One-row pages: [enters] [filler one] [price] [filler two] [leaves] ...
+    page = buyer.get("/api/sync/pull", params={"cursor": cursor, "limit": 1}).json()
+    apply_page(replica, page)  # [enters], read while hidden: held back
+    admin.patch(path, json={"status": "published"})  # back before the [price] page is read
+    while page["more"]:
+        page = buyer.get("/api/sync/pull", params={"cursor": page["cursor"], "limit": 1}).json()
+        apply_page(replica, page)  # raises on a patch for a row the replica lacks
+    _, fresh = buyer.pull_all()
+    assert without_empty(replica) == without_empty(build(fresh))
+    assert replica["listings"][listing["id"]]["price"] == 7200
+
+
+def test_a_row_hidden_while_the_snapshot_passed_it_is_not_patched_after_the_snapshot(
+    admin: Api, buyer: Api, backend: Backend
+) -> None:
+    """The snapshot reads rows as they are when it reaches them, then replays the log from
+    where it started; a row hidden when the snapshot reached it, and back since, must come
+    as a put, never as a patch of changes made before it was hidden."""
+    principal = Principal(buyer.user["id"], "user")
+    candidates = [admin.create_listing(title=f"Calebasse {n}")["id"] for n in range(2)]
+
+    async def run() -> tuple[Replica, str]:
+        db = Database(backend.env["DATABASE_URL"])
+        try:
+
+            async def page(state: CursorState | None, limit: int) -> PullPage:
+                async with db.read() as conn:
+                    return await pull_page(conn, principal, state, limit)
+
+            replica: Replica = {}
+            first = await page(None, 1)  # the snapshot's first row: the smallest id
+            apply_page(replica, {"changes": first.changes})
+            sent = {row["id"] for row in first.changes.get("listings", {}).get("put", [])}
+            hidden = next(row_id for row_id in candidates if row_id not in sent)
+            path = f"/api/admin/listings/{hidden}"
+            admin.patch(path, json={"price": 8800})  # after the snapshot's head
+            admin.create_listing(title="Filler")
+            admin.patch(path, json={"status": "draft"})  # hidden when the snapshot reaches it
+            state: CursorState = first.next_state
+            while isinstance(state, SnapshotCursor):
+                current = await page(state, 50)
+                apply_page(replica, {"changes": current.changes})
+                state = current.next_state
+            assert hidden not in replica.get("listings", {})
+            admin.patch(path, json={"status": "published"})
+            more = True
+            while more:  # one-row pages from the snapshot's head: [price] [filler] ...
+                current = await page(state, 1)
+                apply_page(replica, {"changes": current.changes})  # raises on an unheld patch
+                state, more = current.next_state, current.more
+            return replica, hidden
+        finally:
+            await db.dispose()
+
+    replica, hidden = asyncio.run(run())
+    _, fresh = buyer.pull_all()
+    assert without_empty(replica) == without_empty(build(fresh))
+    assert replica["listings"][hidden]["price"] == 8800
