@@ -173,7 +173,9 @@ def test_a_foreign_cursor_in_hello_gets_a_reset(server: str, admin: Api) -> None
 
 def test_a_slow_reader_is_bounded_and_loses_nothing(backend: Backend, admin_email: str) -> None:
     settings = backend.settings(WS_QUEUE_FRAMES="2", WS_QUEUE_BYTES="16384")
-    with serve_in_thread(create_app(settings)) as base_url:
+    # Small socket buffers on both ends: otherwise TCP autotuning can absorb the whole flood
+    # and the slow path this test is about is never taken.
+    with serve_in_thread(create_app(settings), send_buffer=8192) as base_url:
         admin = login(base_url, admin_email, ADMIN_PASSWORD)
         reader = LiveClient(base_url, admin.token, receive_buffer=4096)  # type: ignore[arg-type]
         reader.catch_up()

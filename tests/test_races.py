@@ -108,7 +108,14 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
     backend: Backend, instances: list[str], admin_email: str
 ) -> None:
     admins = [login(url, admin_email, ADMIN_PASSWORD) for url in instances]
-    readers = [register(instances[0], "reader"), login(instances[1], admin_email, ADMIN_PASSWORD)]
+    readers = [
+        register(instances[0], "reader"),
+        login(instances[1], admin_email, ADMIN_PASSWORD),
+        register(instances[1], "lagging"),
+    ]
+    # The third reader pauses between pulls, so it stays several pages behind the writers:
+    # that is where a page's end and the current rows disagree most.
+    pauses = [0.0, 0.0, 0.5]
     writes_per_thread, threads = (125, 8) if backend.is_services else (40, 4)
     stop = threading.Event()
     live: list[str] = []
@@ -145,11 +152,12 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
                 response = api.patch(f"/api/admin/listings/{target}", json=change)
                 assert response.status_code in (200, 404), response.text
 
-    def follow(reader: Api, replica: Replica) -> tuple[str, int]:
+    def follow(reader: Api, replica: Replica, pause: float) -> tuple[str, int]:
         cursor: str | None = None
         pulls = 0
-        rng = random.Random(len(replica))
+        rng = random.Random(pause)
         while not stop.is_set():
+            time.sleep(rng.random() * pause)
             on = reader.on(rng.choice(instances))
             params: dict[str, Any] = {"limit": 7}
             if cursor:
@@ -163,11 +171,11 @@ def test_replicas_from_small_pages_converge_under_concurrent_writes(
         assert cursor is not None
         return cursor, pulls
 
-    replicas: list[Replica] = [{}, {}]
-    with ThreadPoolExecutor(threads + 2) as pool:
+    replicas: list[Replica] = [{}, {}, {}]
+    with ThreadPoolExecutor(threads + len(readers)) as pool:
         followers = [
-            pool.submit(follow, reader, replica)
-            for reader, replica in zip(readers, replicas, strict=True)
+            pool.submit(follow, reader, replica, pause)
+            for reader, replica, pause in zip(readers, replicas, pauses, strict=True)
         ]
         try:
             writers = [pool.submit(write, worker) for worker in range(threads)]

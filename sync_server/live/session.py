@@ -138,7 +138,6 @@ class Session:
     async def catch_up(self, state: Any, reset: bool) -> None:
         """Page from `state` until current; ends with a `more: false` frame."""
         self.catch_ups += 1
-        hub_position = self.services.live.position
         while True:
             page = await read_page(
                 self.services,
@@ -157,10 +156,13 @@ class Session:
                 continue
             assert isinstance(state, LogCursor)
             self.sent_position = self.position = state.position
-            if state.position >= hub_position:
+            # Compare with where the hub is *now*, not where it was when this round began:
+            # windows it dispatched while we were reading or blocked in send skipped us (we
+            # were behind), and nothing else would bring them until the next commit.
+            # No await between this check and `behind = False`, so no window slips between.
+            if state.position >= self.services.live.position:
                 self.behind = False
                 return
-            hub_position = self.services.live.position
 
     async def write_forever(self) -> None:
         ping_every = self.services.settings.ws_ping_seconds

@@ -63,15 +63,28 @@ async def _call(make_coroutine: Callable[[Any], Awaitable[T]], app: Any) -> T:
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, port: int | None = None, **config: Any) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and yield its base URL; shut it down on exit."""
+def serve_in_thread(
+    app: Any, *, port: int | None = None, send_buffer: int | None = None, **config: Any
+) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 and yield its base URL; shut it down on exit.
+
+    `send_buffer`: SO_SNDBUF for every accepted connection (Linux copies it from the listening
+    socket), so a test can make a client that stops reading fill the server's side in a few
+    kilobytes instead of the megabytes TCP autotuning would otherwise absorb."""
     port = port or free_port()
     server = _ThreadedServer(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
         )
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    sockets = None
+    if send_buffer is not None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        listener.bind(("127.0.0.1", port))
+        sockets = [listener]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
