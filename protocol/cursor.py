@@ -71,11 +71,12 @@ def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
 
 
 class CursorCodec:
-    def __init__(self, secret: bytes, cache_size: int = 50_000) -> None:
+    def __init__(self, secret: bytes, cache_size: int = 20_000) -> None:
         # A key of its own, derived from the server secret, so cursors never sign anything else.
         self._key = hmac.new(secret, b"freshroots-cursor-v1", hashlib.sha256).digest()
         # An idle phone presents the same cursor on every background pull: remember what
         # verified (only that), so the empty-pull fast path skips base64, varints and HMAC.
+        # Bounded (oldest out first): 20,000 entries are a few megabytes.
         self._verified: OrderedDict[tuple[str, str], CursorState] = OrderedDict()
         self._cache_size = cache_size
 

@@ -39,8 +39,9 @@ states = st.one_of(
 def test_cursors_round_trip_and_are_bound_to_their_user(state: Any, user: str) -> None:
     token = CODEC.encode(state, user)
     assert CODEC.decode(token, user) == state
+    assert CODEC.decode(token, user) == state  # remembered once verified...
     with pytest.raises(ForeignCursor):
-        CODEC.decode(token, user + "x")
+        CODEC.decode(token, user + "x")  # ...for that user only
 
 
 @given(states, st.data())
