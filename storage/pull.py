@@ -60,7 +60,7 @@ class _RowChanges:
 
 
 class CursorExpired(Exception):
-    """The cursor points before the pruned part of the log."""
+    """The cursor points into the pruned part of the log, or past its head."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,14 @@ async def pull_page(
     bounds = await log_bounds(conn)
     if state is None:
         return await _snapshot_page(conn, principal, SnapshotCursor(bounds.head, 0, ""), limit)
-    if isinstance(state, SnapshotCursor):
-        if state.head < bounds.floor:
-            raise CursorExpired()
-        return await _snapshot_page(conn, principal, state, limit)
-    if state.position < bounds.floor:
+    # Below the floor: changes were pruned. Above the head: the log is not the one the cursor
+    # came from (a database restored from a backup); waiting for the head to pass it would
+    # silently skip everything committed until then.
+    position = state.head if isinstance(state, SnapshotCursor) else state.position
+    if not bounds.floor <= position <= bounds.head:
         raise CursorExpired()
+    if isinstance(state, SnapshotCursor):
+        return await _snapshot_page(conn, principal, state, limit)
     return await _log_page(
         conn, principal, state.position, limit, head=bounds.head, full_rows=full_rows
     )

@@ -56,27 +56,47 @@ async def pull(
     state: CursorState | None = None
     if last_pulled_at is not None and last_pulled_at > 0:
         state = LogCursor(last_pulled_at - 1)
-    changes: dict[str, dict[str, list[Any]]] = {}
-    restarted = False
+    # One decision per record, whatever number of pages it took: WatermelonDB fails a sync
+    # that names a record twice ("Cannot update a record with pending changes"). Pages are
+    # read in order in one snapshot, so a later page's decision supersedes an earlier one.
+    decided: dict[str, dict[str, tuple[str, Any]]] = {}
+    replacement = False
     while True:
         try:
             page = await pull_page(conn, principal, state, PAGE, full_rows=True)
         except CursorExpired:
-            if restarted:  # cannot happen inside one snapshot; never loop on it
+            if replacement:  # cannot happen inside one snapshot; never loop on it
                 raise
-            restarted = True
+            # Older than the log keeps, or newer than its head (a restored database): a full
+            # snapshot, which the app must treat as the whole truth, so rows it holds that are
+            # gone meanwhile are deleted too (WatermelonDB's replacement sync).
+            replacement = True
             page = await pull_page(conn, principal, None, PAGE, full_rows=True)
         for table, table_changes in page.changes.items():
-            bucket = changes.setdefault(table, {"created": [], "updated": [], "deleted": []})
-            for kind, target in (("put", "created"), ("patch", "updated")):
-                for row in table_changes.get(kind, []):
-                    bucket[target].append(to_raw(table, row))
-            bucket["deleted"].extend(table_changes.get("del", []))
+            records = decided.setdefault(table, {})
+            for row in table_changes.get("put", []):
+                records[row["id"]] = ("created", row)
+            for row in table_changes.get("patch", []):
+                earlier = records.get(row["id"])
+                records[row["id"]] = (
+                    "created" if earlier and earlier[0] == "created" else "updated",
+                    row,
+                )
+            for row_id in table_changes.get("del", []):
+                records[row_id] = ("deleted", row_id)
         state = page.next_state
         if not page.more:
             break
     assert isinstance(state, LogCursor)
-    return {"changes": changes, "timestamp": state.position + 1}
+    changes: dict[str, dict[str, list[Any]]] = {}
+    for table, records in decided.items():
+        bucket = changes[table] = {"created": [], "updated": [], "deleted": []}
+        for kind, value in records.values():
+            bucket[kind].append(value if kind == "deleted" else to_raw(table, value))
+    result: dict[str, Any] = {"changes": changes, "timestamp": state.position + 1}
+    if replacement:
+        result["experimentalStrategy"] = "replacement"
+    return result
 
 
 def _records(changes: dict[str, Any], table: str, kind: str) -> list[Any]:
@@ -104,6 +124,13 @@ async def _changed_since(tx: Tx, table: str, row_id: str, position: int | None) 
         )
     ).first()
     return found is not None
+
+
+async def _locked_order(tx: Tx, order_id: str) -> Any:
+    query = select(Order).where(Order.id == order_id)
+    if tx.dialect == "postgresql":
+        query = query.with_for_update()
+    return (await tx.conn.execute(query)).mappings().one_or_none()
 
 
 async def _record_rejected_order(
@@ -223,7 +250,9 @@ async def push(
 
     for raw in _records(changes, "orders", "updated"):
         order_id = str(raw.get("id"))
-        order = await find_order(tx.conn, order_id)
+        # Locked before the conflict check: an admin's approval committing between the check
+        # and the cancel would otherwise be overwritten without the app ever seeing it.
+        order = await _locked_order(tx, order_id)
         if order is None or order["user_id"] != buyer.user_id:
             rejected["orders"].append(order_id)
             continue

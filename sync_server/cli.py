@@ -45,6 +45,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
+    if args.workers > 1 and not settings.redis_url:
+        # Each worker would keep its own heads and pub/sub: pulls and sockets on one worker
+        # would not hear of commits made through another until caches expire.
+        print(
+            "--workers above 1 needs REDIS_URL (shared heads and pub/sub between workers)",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(settings.log_level)
     print(
         f"Fresh Roots serving on http://{args.host}:{args.port} "

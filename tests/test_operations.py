@@ -63,6 +63,9 @@ def test_serve_refuses_an_unmigrated_database_and_migrate_fixes_it(tmp_path: Pat
     help_text = freshroots("--help", env=env, cwd=tmp_path).stdout
     for command in ("serve", "migrate", "seed-demo", "create-admin", "worker"):
         assert command in help_text
+    # Several workers would each keep their own heads and pub/sub without Redis.
+    workers = freshroots("serve", "--port", "1", "--workers", "2", env=env, cwd=tmp_path)
+    assert workers.returncode == 2 and "REDIS_URL" in workers.stderr
 
 
 def test_one_json_log_line_per_request_without_secrets(

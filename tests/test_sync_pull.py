@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from protocol.cursor import CursorState, SnapshotCursor
+from protocol.cursor import CursorCodec, CursorState, LogCursor, SnapshotCursor
 from storage.changelog import prune
 from storage.db import Database
 from storage.pull import PullPage, pull_page
@@ -317,3 +317,17 @@ def test_a_row_hidden_while_the_snapshot_passed_it_is_not_patched_after_the_snap
     _, fresh = buyer.pull_all()
     assert without_empty(replica) == without_empty(build(fresh))
     assert replica["listings"][hidden]["price"] == 8800
+
+
+def test_a_cursor_past_the_logs_head_gets_a_reset(buyer: Api, backend: Backend) -> None:
+    """Say the database was restored from a backup: positions handed out since are gone, and
+    waiting for the head to pass the cursor would skip every change until then."""
+    codec = CursorCodec(backend.env["JWT_SECRET"].encode())
+    ahead = codec.encode(LogCursor(10**12), buyer.user["id"])
+    page = buyer.get("/api/sync/pull", params={"cursor": ahead, "limit": 1000}).json()
+    assert page["reset"] is True
+    replica = build([page])
+    if page["more"]:
+        build(buyer.pull_all(page["cursor"])[1], replica)
+    _, fresh = buyer.pull_all()
+    assert without_empty(replica) == without_empty(build(fresh))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
@@ -12,6 +13,10 @@ from typing import Any
 
 import pytest
 
+from storage import watermelon
+from storage.changelog import prune
+from storage.db import Database
+from tests.conftest import Backend
 from tests.support.api import Api, register
 from tests.support.services import services_required
 
@@ -66,6 +71,14 @@ class Device:
         if self.process.stdin:
             self.process.stdin.close()
         self.process.wait(10)
+
+
+async def prune_everything(backend: Backend) -> int:
+    db = Database(backend.env["DATABASE_URL"])
+    try:
+        return await prune(db, retention_ms=-60_000)
+    finally:
+        await db.dispose()
 
 
 @pytest.fixture
@@ -220,3 +233,42 @@ def test_unwritable_records_are_rejected_and_conflicts_refused(
     assert conflict.status_code == 409
     assert buyer.get(f"/api/orders/{order_id}").json()["status"] == "approved"
     assert buyer.get("/api/sync/watermelon", params={"last_pulled_at": "soon"}).status_code == 422
+
+
+def test_a_device_past_the_logs_retention_gets_a_replacement_sync(
+    admin: Api, server: str, backend: Backend, devices: list[Device]
+) -> None:
+    """Pruned changes cannot be replayed, deletions included: the server answers with a full
+    snapshot marked `experimentalStrategy: "replacement"`, and the real client then drops the
+    records the snapshot no longer has."""
+    buyer = register(server, "melon-late")
+    kept = admin.create_listing(title="Pomme liane")
+    hidden = admin.create_listing(title="Hidden while away")
+    phone = Device(server, buyer.token)  # type: ignore[arg-type]
+    devices.append(phone)
+    phone.sync()
+    assert hidden["id"] in phone.rows("listings")
+    admin.patch(f"/api/admin/listings/{hidden['id']}", json={"status": "draft"})
+    assert asyncio.run(prune_everything(backend)) > 0
+    phone.sync()
+    local = phone.rows("listings")
+    assert kept["id"] in local and hidden["id"] not in local
+    beyond = buyer.get("/api/sync/watermelon", params={"last_pulled_at": 10**12}).json()
+    assert beyond["experimentalStrategy"] == "replacement"  # a restored database, say
+    assert beyond["timestamp"] < 10**12
+
+
+def test_a_record_changed_on_several_pages_reaches_the_device_once(
+    admin: Api, server: str, devices: list[Device], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buyer = register(server, "melon-pages")
+    phone = Device(server, buyer.token)  # type: ignore[arg-type]
+    devices.append(phone)
+    phone.sync()
+    listing = admin.create_listing(title="Bilimbi", price=3000)
+    for n in range(3):
+        admin.create_listing(title=f"Filler {n}")
+    admin.patch(f"/api/admin/listings/{listing['id']}", json={"price": 3500})
+    monkeypatch.setattr(watermelon, "PAGE", 2)  # so the put and the patch land on two pages
+    phone.sync()  # WatermelonDB refuses a pull that names a record twice
+    assert phone.rows("listings")[listing["id"]]["price"] == 3500

@@ -26,6 +26,9 @@ log = logging.getLogger("freshroots.live")
 
 # Entries one shared read may carry; past it every session catches up on its own, paged.
 WINDOW_LIMIT = 1000
+# A backstop for lost signals (a publish that failed after commit, a task cancelled between
+# commit and announce): the hub looks at the log this often even when nobody woke it.
+POLL_SECONDS = 2.0
 
 
 class LiveHub:
@@ -51,7 +54,9 @@ class LiveHub:
             self.ready.set()
             try:
                 while True:
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(POLL_SECONDS):
+                            await self._wake.wait()
                     self._wake.clear()
                     try:
                         await self.dispatch()
@@ -78,8 +83,12 @@ class LiveHub:
     async def dispatch(self) -> None:
         if not self.sessions:
             async with self.services.db.read() as conn:
-                self.position = await log_head(conn)
-            return
+                head = await log_head(conn)
+            if not self.sessions:
+                self.position = head
+                return
+            # A session joined while we read: it caught up to where we were, so the changes
+            # after our old position must reach it as a window, not be jumped over.
         async with self.services.db.read() as conn:
             window = await read_window(conn, self.position, WINDOW_LIMIT)
         if window.end <= self.position:
@@ -93,6 +102,10 @@ class LiveHub:
             if session.behind or session.position < window.start:
                 session.fall_behind()
                 continue
+            if session.position >= window.end:
+                # Its catch-up read past this window (it rejoined while we read): the window's
+                # decisions are older than what it was sent, and must not carry its cursor.
+                continue
             changes = view.changes_json(session.principal)
-            session.advance(max(window.end, session.position), changes)
+            session.advance(window.end, changes)
         self.position = window.end

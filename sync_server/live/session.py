@@ -81,6 +81,7 @@ class Session:
         self.position = 0  # the newest position handed to the queue
         self.sent_position = 0  # the newest position actually written to the socket
         self.behind = True
+        self.catch_up_due = False
         self.overflows = 0  # how often this client was too slow and fell back to its cursor
         self.catch_ups = 0  # rounds read from its own cursor instead of the shared stream
 
@@ -89,8 +90,7 @@ class Session:
     def fall_behind(self) -> None:
         if self.behind:
             return
-        self.behind = True
-        self._offer(_CATCH_UP)
+        self._request_catch_up()
 
     def advance(self, position: int, changes_json: str | None) -> None:
         if changes_json is None:
@@ -120,12 +120,29 @@ class Session:
     def _overflow(self) -> None:
         self.overflows += 1
         self.services.live.overflows += 1
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queued_bytes = 0
+        self._drop_queued_changes()
         self.position = self.sent_position
+        self._request_catch_up()
+
+    def _drop_queued_changes(self) -> None:
+        """Before a catch-up: it re-reads these changes from the log, and sending them after
+        it would roll the client back. Push results stay: they exist nowhere else."""
+        kept = []
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, _Frame) and item.position is None:
+                kept.append(item)
+        for item in kept:
+            self.queue.put_nowait(item)
+        self.queued_bytes = 0
+
+    def _request_catch_up(self) -> None:
+        # A flag, not only a queue item: the queue may be full (that is often why we are
+        # here), and a request that failed to enqueue would leave the session behind forever.
+        # The sentinel only wakes an idle writer; a busy one checks the flag after each frame.
         self.behind = True
-        self.queue.put_nowait(_CATCH_UP)
+        self.catch_up_due = True
+        self._offer(_CATCH_UP)
 
     # -- the socket -------------------------------------------------------------------------
 
@@ -174,16 +191,17 @@ class Session:
             except TimeoutError:
                 await self.send('{"type":"ping"}')
                 continue
-            if item is _CATCH_UP:
+            if isinstance(item, _Frame):
+                if item.position is not None:
+                    self.queued_bytes -= len(item.text)
+                await self.send(item.text)
+                if item.position is not None:
+                    self.sent_position = max(self.sent_position, item.position)
+            if self.catch_up_due:
+                self.catch_up_due = False
                 if self.behind:
+                    self._drop_queued_changes()
                     await self.catch_up(LogCursor(self.sent_position), reset=False)
-                continue
-            assert isinstance(item, _Frame)
-            if item.position is not None:
-                self.queued_bytes -= len(item.text)
-            await self.send(item.text)
-            if item.position is not None:
-                self.sent_position = max(self.sent_position, item.position)
 
     async def read_forever(self) -> None:
         while True:

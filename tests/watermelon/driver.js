@@ -50,8 +50,8 @@ async function sync() {
         `&migration=${encodeURIComponent(JSON.stringify(migration))}`
       const response = await fetch(`${endpoint}?${query}`, { headers })
       if (!response.ok) throw new Error(`pull ${response.status}: ${await response.text()}`)
-      const { changes, timestamp } = await response.json()
-      return { changes, timestamp }
+      // The whole body: { changes, timestamp } and, after a reset, experimentalStrategy.
+      return await response.json()
     },
     pushChanges: async ({ changes, lastPulledAt }) => {
       const response = await fetch(`${endpoint}?last_pulled_at=${lastPulledAt}`, {
