@@ -25,6 +25,7 @@ CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 PAYMENT_METHODS = ("juice", "myt_money", "card", "cod")
 MAX_ITEMS = 50
 MAX_QUANTITY = 100_000
+MAX_ORDER_TOTAL = 2**31 - 1  # cents
 
 
 class PurchaseItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,10 +96,20 @@ def listings_named(args: dict[str, Any]) -> set[str]:
     }
 
 
-async def find_order(tx_conn: Any, order_id: str) -> Any:
-    return (
-        (await tx_conn.execute(select(Order).where(Order.id == order_id))).mappings().one_or_none()
-    )
+async def find_order(tx_conn: Any, order_id: str, *, for_update: bool = False) -> Any:
+    query = select(Order).where(Order.id == order_id)
+    if for_update:
+        query = query.with_for_update()
+    return (await tx_conn.execute(query)).mappings().one_or_none()
+
+
+def order_total(prices: dict[str, int], items: list[PurchaseItem]) -> int:
+    """The total in cents, refused past what `orders.total` (32-bit on PostgreSQL) holds:
+    Rs 21 million is no produce order, and a database error would repeat on every resend."""
+    total = sum(prices[item.item_id] * item.quantity for item in items)
+    if total > MAX_ORDER_TOTAL:
+        raise MutationRejected("invalid_args", "the order total is larger than allowed")
+    return total
 
 
 async def place_purchase_request(
@@ -150,7 +161,7 @@ async def place_purchase_request(
         )
 
     now = now_ms()
-    total = sum(prices[item.item_id] * item.quantity for item in request.items)
+    total = order_total(prices, request.items)
     await conn.execute(
         insert(Order).values(
             id=request.order_id,

@@ -26,7 +26,8 @@ from sync_server.errors import IllegalTransition, NotFound
 async def open_attempt(tx: Tx, buyer: Principal, order_id: str, method: str) -> dict[str, Any]:
     """The pending attempt to pay this order with this method: reused if one exists, so a
     retried request sends the gateway the same `id_order` and can never charge twice."""
-    order = await find_order(tx.conn, order_id)
+    # Locked, so two requests at once cannot both find no attempt and open two.
+    order = await find_order(tx.conn, order_id, for_update=tx.dialect == "postgresql")
     if order is None or order["user_id"] != buyer.user_id:
         raise NotFound("No such order.")
     if order["status"] != "approved":
@@ -148,14 +149,29 @@ async def apply_notification(tx: Tx, note: VerifiedNotification) -> tuple[str, s
 
 async def expire_stale_attempts(tx: Tx, older_than_ms: int) -> int:
     """Attempts nobody paid within the window are failed, so a new one can be started."""
-    cutoff = now_ms() - older_than_ms
-    rows = (
+    now = now_ms()
+    # One conditional UPDATE, not read-then-write: a payment confirmed between the read and
+    # the write must stay paid (it would be failed, then flagged on the gateway's resend).
+    expired = (
         await tx.conn.execute(
-            select(Payment.id, Order.user_id)
-            .join(Order, Order.id == Payment.order_id)
-            .where(Payment.status == "pending", Payment.created_at < cutoff)
+            update(Payment)
+            .where(Payment.status == "pending", Payment.created_at < now - older_than_ms)
+            .values(status="failed", updated_at=now)
+            .returning(Payment.id, Payment.order_id)
         )
     ).all()
-    for payment_id, owner in rows:
-        await _set_payment(tx, {"id": payment_id}, owner, status="failed")
-    return len(rows)
+    owners = dict(
+        (
+            await tx.conn.execute(
+                select(Order.id, Order.user_id).where(
+                    Order.id.in_({order_id for _id, order_id in expired})
+                )
+            )
+        ).all()
+    )
+    for payment_id, order_id in expired:
+        scopes = owned_scopes(owners[order_id])
+        tx.changed(
+            "payments", payment_id, fields=("status", "updated_at"), before=scopes, after=scopes
+        )
+    return len(expired)

@@ -9,6 +9,7 @@ including after a crash (an uncommitted batch left no outcome and no effect).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -168,12 +169,28 @@ async def push(
     return await changelog.run(work)
 
 
-def check_batch(mutations: list[Mutation]) -> None:
-    """Ids must strictly increase within a batch, as they do per client."""
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
+MAX_MUTATIONS = 100
+MAX_MUTATION_ID = 2**63 - 1  # stored as BIGINT
+
+
+def check_batch(client_id: str, mutations: list[Mutation]) -> None:
+    """What every transport (HTTP, WebSocket) checks before a batch reaches the database:
+    a bad batch gets a 4xx naming the field, never a database error on every resend."""
+    if not CLIENT_ID.match(client_id):
+        raise ValidationFailed(
+            "client_id must be 8 to 64 characters of [A-Za-z0-9_.:-]", field="client_id"
+        )
+    if len(mutations) > MAX_MUTATIONS:
+        raise ValidationFailed(f"at most {MAX_MUTATIONS} mutations per push", field="mutations")
     previous = 0
     for mutation in mutations:
-        if mutation.id <= previous:
+        if not previous < mutation.id <= MAX_MUTATION_ID:
             raise ValidationFailed(
-                "mutation ids must be positive and strictly increasing", field="mutations[].id"
+                "mutation ids must be positive, below 2^63 and strictly increasing",
+                field="mutations[].id",
             )
         previous = mutation.id
+    if b"\\u0000" in orjson.dumps([mutation.args for mutation in mutations]):
+        # PostgreSQL text cannot hold NUL (the HTTP body check catches it earlier there).
+        raise ValidationFailed("strings must not contain NUL characters", field="mutations")

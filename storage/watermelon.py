@@ -25,6 +25,7 @@ from storage.changelog import Tx
 from storage.db import now_ms
 from storage.models import ChangeLogEntry, Listing, Order, OrderItem
 from storage.orders import (
+    MAX_ORDER_TOTAL,
     PurchaseItem,
     PurchaseRequest,
     cancel_order,
@@ -126,13 +127,6 @@ async def _changed_since(tx: Tx, table: str, row_id: str, position: int | None) 
     return found is not None
 
 
-async def _locked_order(tx: Tx, order_id: str) -> Any:
-    query = select(Order).where(Order.id == order_id)
-    if tx.dialect == "postgresql":
-        query = query.with_for_update()
-    return (await tx.conn.execute(query)).mappings().one_or_none()
-
-
 async def _record_rejected_order(
     tx: Tx, buyer: Principal, request: PurchaseRequest, reason: str
 ) -> None:
@@ -147,6 +141,7 @@ async def _record_rejected_order(
         ).all()
     )
     items = [item for item in request.items if item.listing_id in prices]
+    total = sum(prices[item.listing_id] * item.quantity for item in items)
     now = now_ms()
     await tx.conn.execute(
         insert(Order).values(
@@ -155,7 +150,7 @@ async def _record_rejected_order(
             status="rejected",
             payment_method=request.payment_method,
             payment_status="unpaid",
-            total=sum(prices[item.listing_id] * item.quantity for item in items),
+            total=total if total <= MAX_ORDER_TOTAL else 0,  # a record of a refusal
             note=request.note,
             reject_reason=reason,
             created_at=now,
@@ -252,7 +247,7 @@ async def push(
         order_id = str(raw.get("id"))
         # Locked before the conflict check: an admin's approval committing between the check
         # and the cancel would otherwise be overwritten without the app ever seeing it.
-        order = await _locked_order(tx, order_id)
+        order = await find_order(tx.conn, order_id, for_update=tx.dialect == "postgresql")
         if order is None or order["user_id"] != buyer.user_id:
             rejected["orders"].append(order_id)
             continue

@@ -8,6 +8,7 @@ import secrets
 import orjson
 
 from tests.support.api import Api, client_id, register
+from tests.support.ws import LiveClient
 
 
 def new_id(prefix: str) -> str:
@@ -238,3 +239,35 @@ def test_another_users_order_is_not_found(admin: Api, server: str) -> None:
         client_id(), [{"id": 1, "name": "cancel_order", "args": {"order_id": order_id}}]
     ).json()["results"][0]
     assert cancel["ok"] is False and cancel["error"]["code"] == "not_found"
+
+
+def test_batches_the_database_could_not_store_are_refused_up_front(
+    admin: Api, buyer: Api, server: str
+) -> None:
+    """Each of these used to reach the database and fail there, on every resend."""
+    listing = admin.create_listing(stock=100_000, price=5_000_000)  # Rs 50,000 a unit
+    device = client_id()
+    huge = buyer.push(device, [purchase(1, listing["id"], quantity=1000)]).json()["results"][0]
+    assert huge["ok"] is False and huge["error"]["code"] == "invalid_args"  # Rs 50 million
+    assert stock_of(admin, listing["id"]) == 100_000
+    too_big_id = buyer.push(device, [purchase(2**63, listing["id"])])
+    assert too_big_id.status_code == 422
+    assert too_big_id.json()["error"]["field"] == "mutations[].id"
+
+    socket = LiveClient(server, buyer.token)  # type: ignore[arg-type]
+    socket.catch_up()
+    socket.send({"type": "push", "client_id": "x" * 70, "mutations": [purchase(1, listing["id"])]})
+    reply = socket.receive()
+    while reply["type"] != "push_result":
+        reply = socket.receive()
+    assert reply["error"]["code"] == "validation_failed"
+    mutation = purchase(3, listing["id"])
+    mutation["args"]["note"] = "fresh\u0000"
+    socket.send({"type": "push", "client_id": device, "mutations": [mutation]})
+    reply = socket.receive()
+    while reply["type"] != "push_result":
+        reply = socket.receive()
+    assert reply["error"]["code"] == "validation_failed"
+    socket.send({"type": "pong"})  # the session is still open and usable
+    socket.close()
+    assert stock_of(admin, listing["id"]) == 100_000

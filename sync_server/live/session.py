@@ -226,7 +226,7 @@ class Session:
                 return
             try:
                 frame = msgspec.convert(message, PushFrame)
-                check_batch(frame.mutations)
+                check_batch(frame.client_id, frame.mutations)
                 results = await push(
                     self.services.changelog, self.principal, frame.client_id, frame.mutations
                 )
