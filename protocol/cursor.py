@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from sync_server.errors import MalformedCursor
@@ -75,10 +75,9 @@ class CursorCodec:
         # A key of its own, derived from the server secret, so cursors never sign anything else.
         self._key = hmac.new(secret, b"freshroots-cursor-v1", hashlib.sha256).digest()
         # An idle phone presents the same cursor on every background pull: remember what
-        # verified (only that), so the empty-pull fast path skips base64, varints and HMAC.
-        # Bounded (oldest out first): 20,000 entries are a few megabytes.
-        self._verified: OrderedDict[tuple[str, str], CursorState] = OrderedDict()
-        self._cache_size = cache_size
+        # verified (lru_cache never keeps a raised error), so the empty-pull fast path skips
+        # base64, varints and HMAC. 20,000 entries are a few megabytes.
+        self._verified = functools.lru_cache(maxsize=cache_size)(self._verify)
 
     def _mac(self, payload: bytes, user_id: str) -> bytes:
         # hmac.digest is the one-shot C path: no HMAC objects per call, every pull verifies one.
@@ -101,14 +100,7 @@ class CursorCodec:
 
     def decode(self, token: str, user_id: str) -> CursorState:
         """Raises MalformedCursor (→ 400) or ForeignCursor (→ reset snapshot)."""
-        key = (token, user_id)
-        state = self._verified.get(key)
-        if state is None:
-            state = self._verify(token, user_id)
-            self._verified[key] = state
-            if len(self._verified) > self._cache_size:
-                self._verified.popitem(last=False)
-        return state
+        return self._verified(token, user_id)
 
     def _verify(self, token: str, user_id: str) -> CursorState:
         if not token or len(token) > 400:

@@ -191,6 +191,3 @@ def check_batch(client_id: str, mutations: list[Mutation]) -> None:
                 field="mutations[].id",
             )
         previous = mutation.id
-    if b"\\u0000" in orjson.dumps([mutation.args for mutation in mutations]):
-        # PostgreSQL text cannot hold NUL (the HTTP body check catches it earlier there).
-        raise ValidationFailed("strings must not contain NUL characters", field="mutations")

@@ -46,6 +46,13 @@ def _field_of(error: msgspec.ValidationError) -> str | None:
     return None
 
 
+def refuse_nul(body: bytes) -> None:
+    """PostgreSQL text cannot hold NUL: refuse a JSON text carrying one at the transport
+    (HTTP bodies, WebSocket messages) rather than fail at the database on every resend."""
+    if b"\\u0000" in body.lower():
+        raise ValidationFailed("strings must not contain NUL characters")
+
+
 async def read_json(request: Request, model: type[T]) -> T:
     """Decode and validate a JSON body: 400 if it is not JSON, 422 naming the bad field."""
     content_type = request.headers.get("content-type", "application/json")
@@ -54,9 +61,7 @@ async def read_json(request: Request, model: type[T]) -> T:
     body = await request.body()
     if not body:
         raise MalformedJSON("The request body is empty; send a JSON object.")
-    if b"\\u0000" in body.lower():
-        # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the database.
-        raise ValidationFailed("strings must not contain NUL characters")
+    refuse_nul(body)
     try:
         return msgspec.json.decode(body, type=model)
     except msgspec.ValidationError as error:

@@ -24,6 +24,7 @@ from protocol.cursor import LogCursor
 from storage.push import Mutation, check_batch, push
 from storage.scopes import Principal
 from sync_server.errors import FreshRootsError, MalformedCursor
+from sync_server.http import refuse_nul
 from sync_server.services import Services
 from sync_server.syncing import decode_cursor, page_body, read_page
 
@@ -225,6 +226,7 @@ class Session:
                 await self.websocket.close(CLOSE_MALFORMED, "expected pong or push")
                 return
             try:
+                refuse_nul(raw.encode())
                 frame = msgspec.convert(message, PushFrame)
                 check_batch(frame.client_id, frame.mutations)
                 results = await push(
