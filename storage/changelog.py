@@ -40,6 +40,9 @@ APPEND_LOCK_KEY = 0x46524C4F47  # "FRLOG"
 
 UPDATED, ENTERED, LEFT = 0, 1, 2
 
+# How long a duplicate request waits for its original (`Tx.patient`).
+TWIN_WAIT = "60s"
+
 
 @dataclass
 class _Pending:
@@ -93,6 +96,20 @@ class Tx:
 
     def restore(self, checkpoint: dict[tuple[str, str, str], _Pending]) -> None:
         self._pending = checkpoint
+
+    @asynccontextmanager
+    async def patient(self) -> AsyncIterator[None]:
+        """Statements in this block may wait for a twin request still in flight (a duplicate
+        batch for its original, a retried Idempotency-Key for its first use) longer than the
+        server-wide lock_timeout: the contract gives a duplicate the original's outcome,
+        never a 503, and the original is itself bounded (each of its lock waits by
+        lock_timeout, each statement by statement_timeout)."""
+        if self.dialect != "postgresql":
+            yield  # one writer at a time: nothing to wait for
+            return
+        await self.conn.execute(text(f"SET LOCAL lock_timeout = '{TWIN_WAIT}'"))
+        yield
+        await self.conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
 
     @property
     def has_changes(self) -> bool:

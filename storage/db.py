@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -59,6 +60,11 @@ def new_id() -> str:
     billion rows a one-in-ten-thousand event, and the primary key would refuse it anyway.
     """
     return secrets.token_urlsafe(9)
+
+
+def insert_for(dialect: str) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing` on both databases."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def is_retryable(error: BaseException) -> bool:

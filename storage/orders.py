@@ -2,78 +2,44 @@
 
 Stock is reserved with one conditional UPDATE per item (`… SET stock = stock - q WHERE
 stock >= q`), never read-then-write: the database decides who gets the last unit, so stock
-never goes below zero nor sells twice under any concurrency. Items are reserved in listing
-id order so two requests for the same listings always lock rows in the same order.
+never goes below zero nor sells twice under any concurrency.
+
+The lock order (PostgreSQL; SQLite has a single writer and takes no row locks). Every
+transaction that writes orders, listings or payments takes its row locks in this order, so
+no two of them can each hold a lock the other waits for (a deadlock, which PostgreSQL only
+breaks after `deadlock_timeout`, a second, by failing one of them):
+  1. the request's own dedupe row: the push client (`sync_clients`) or the Idempotency-Key;
+  2. orders, in id order: cancellations, admin decisions and payment notifications lock the
+     order before anything else they touch;
+  3. listings, in id order: a purchase reserves stock, a rejection or cancellation releases
+     it; a batch locks every listing it will touch up front (`lock_for_batch`);
+  4. payments: a notification or a new attempt locks its payment after its order;
+  5. inserts of new rows (order ids, notifications, the outbox), which only wait on a
+     transaction inserting the same key, and that one already holds what it needs;
+  6. the change-log append lock, last of all (storage/changelog.py).
+Why orders before listings: an admin rejecting order Y holds Y and then returns Y's stock,
+while a buyer's batch [buy from L, cancel Y] would otherwise hold L and then want Y.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import msgspec
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
+from protocol.mutations import PurchaseItem, PurchaseRequest
 from storage.changelog import Tx
-from storage.db import now_ms
+from storage.db import insert_for, now_ms
 from storage.models import Listing, Order, OrderItem
 from storage.records import audit, notify, notify_admins
 from storage.scopes import Principal, listing_scopes, owned_scopes
 from sync_server.errors import IllegalTransition, MutationRejected, NotFound
 
-CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-PAYMENT_METHODS = ("juice", "myt_money", "card", "cod")
-MAX_ITEMS = 50
-MAX_QUANTITY = 100_000
 MAX_ORDER_TOTAL = 2**31 - 1  # cents
 
 
-class PurchaseItem(msgspec.Struct, forbid_unknown_fields=True):
-    item_id: str
-    listing_id: str
-    quantity: int
-
-
-class PurchaseRequest(msgspec.Struct, forbid_unknown_fields=True):
-    order_id: str
-    items: list[PurchaseItem]
-    payment_method: str
-    note: str | None = None
-
-
-def check_client_id(value: str, field: str) -> None:
-    if not CLIENT_ID.match(value):
-        raise MutationRejected("invalid_args", f"{field} must match [A-Za-z0-9_-]{{8,64}}")
-
-
-def validate_purchase(request: PurchaseRequest) -> None:
-    check_client_id(request.order_id, "order_id")
-    if not request.items:
-        raise MutationRejected("invalid_args", "items must not be empty")
-    if len(request.items) > MAX_ITEMS:
-        raise MutationRejected("invalid_args", f"at most {MAX_ITEMS} items per order")
-    seen: set[str] = set()
-    for item in request.items:
-        check_client_id(item.item_id, "items[].item_id")
-        if item.item_id in seen:
-            raise MutationRejected("invalid_args", "items[].item_id must be unique")
-        seen.add(item.item_id)
-        if not 0 < item.quantity <= MAX_QUANTITY:
-            raise MutationRejected("invalid_args", "items[].quantity must be 1..100000")
-    if request.payment_method not in PAYMENT_METHODS:
-        raise MutationRejected(
-            "invalid_args", f"payment_method must be one of {', '.join(PAYMENT_METHODS)}"
-        )
-    if request.note is not None and len(request.note) > 1000:
-        raise MutationRejected("invalid_args", "note is limited to 1000 characters")
-
-
 async def lock_listings(tx: Tx, listing_ids: set[str]) -> None:
-    """Lock every listing a batch will reserve from, in id order, before reserving any.
-
-    Each request sorts its own items, but a batch of several requests would otherwise lock
-    in batch order, and two batches naming the same listings in different orders deadlock.
-    """
+    """Lock every listing a batch will touch, in id order, before reserving from any."""
     if tx.dialect != "postgresql" or not listing_ids:
         return  # SQLite's single writer needs no row locks
     await tx.conn.execute(
@@ -82,6 +48,34 @@ async def lock_listings(tx: Tx, listing_ids: set[str]) -> None:
         .order_by(Listing.id)
         .with_for_update()
     )
+
+
+async def lock_orders(tx: Tx, order_ids: set[str]) -> set[str]:
+    """Lock existing orders in id order; returns the listings their items reserve from, which
+    the caller locks next (orders before listings: see the lock order above)."""
+    if not order_ids:
+        return set()
+    if tx.dialect == "postgresql":
+        await tx.conn.execute(
+            select(Order.id)
+            .where(Order.id.in_(sorted(order_ids)))
+            .order_by(Order.id)
+            .with_for_update()
+        )
+    return set(
+        (
+            await tx.conn.execute(
+                select(OrderItem.listing_id).where(OrderItem.order_id.in_(order_ids)).distinct()
+            )
+        ).scalars()
+    )
+
+
+async def lock_for_batch(tx: Tx, cancelled: set[str], purchased_from: set[str]) -> None:
+    """Take a batch's locks up front, in the one order: the orders it cancels, then every
+    listing it reserves from or returns stock to."""
+    returned_to = await lock_orders(tx, cancelled)
+    await lock_listings(tx, purchased_from | returned_to)
 
 
 def listings_named(args: dict[str, Any]) -> set[str]:
@@ -115,8 +109,9 @@ def order_total(prices: dict[str, int], items: list[PurchaseItem]) -> int:
 async def place_purchase_request(
     tx: Tx, buyer: Principal, request: PurchaseRequest
 ) -> dict[str, Any]:
-    """Reserve stock and create a pending order, or raise MutationRejected (nothing written)."""
-    validate_purchase(request)
+    """Reserve stock and create a pending order, or raise MutationRejected (the caller's
+    savepoint undoes what was written). `request` comes from `protocol.mutations.parse` (or
+    typed decoding), which has checked every field."""
     conn = tx.conn
     if await find_order(conn, request.order_id) is not None:
         raise MutationRejected("duplicate_id", "order_id is already in use")
@@ -162,32 +157,47 @@ async def place_purchase_request(
 
     now = now_ms()
     total = order_total(prices, request.items)
-    await conn.execute(
-        insert(Order).values(
-            id=request.order_id,
-            user_id=buyer.user_id,
-            status="pending",
-            payment_method=request.payment_method,
-            payment_status="unpaid",
-            total=total,
-            note=request.note,
-            created_at=now,
-            updated_at=now,
+    # The check above cannot see an order with this id that another request is creating right
+    # now (a retry racing its original, or two devices): ON CONFLICT waits for that one to
+    # commit and then refuses, instead of a primary-key error. Only a twin makes it wait.
+    async with tx.patient():
+        created = await conn.execute(
+            insert_for(tx.dialect)(Order)
+            .values(
+                id=request.order_id,
+                user_id=buyer.user_id,
+                status="pending",
+                payment_method=request.payment_method,
+                payment_status="unpaid",
+                total=total,
+                note=request.note,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(Order.id)
         )
-    )
-    await conn.execute(
-        insert(OrderItem),
-        [
-            {
-                "id": item.item_id,
-                "order_id": request.order_id,
-                "listing_id": item.listing_id,
-                "quantity": item.quantity,
-                "price": prices[item.item_id],
-            }
-            for item in request.items
-        ],
-    )
+    if created.first() is None:
+        raise MutationRejected("duplicate_id", "order_id is already in use")
+    inserted_items = (
+        await conn.execute(
+            insert_for(tx.dialect)(OrderItem)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(OrderItem.id),
+            [
+                {
+                    "id": item.item_id,
+                    "order_id": request.order_id,
+                    "listing_id": item.listing_id,
+                    "quantity": item.quantity,
+                    "price": prices[item.item_id],
+                }
+                for item in request.items
+            ],
+        )
+    ).all()
+    if len(inserted_items) != len(request.items):
+        raise MutationRejected("duplicate_id", "an item_id is already in use")
     scopes = owned_scopes(buyer.user_id)
     tx.created("orders", request.order_id, scopes)
     for item in request.items:

@@ -99,15 +99,25 @@ async def _set_payment(tx: Tx, payment: Any, owner: str, **values: Any) -> None:
 
 
 async def apply_notification(tx: Tx, note: VerifiedNotification) -> tuple[str, str | None]:
-    """Returns (outcome, payment id): paid | already_paid | failed | flagged | unknown."""
-    query = select(Payment).where(Payment.id == note.attempt_id)
-    if tx.dialect == "postgresql":
-        query = query.with_for_update()  # two deliveries of one IMN apply it once
-    payment = (await tx.conn.execute(query)).mappings().one_or_none()
-    if payment is None:
+    """Returns (outcome, payment id): paid | already_paid | failed | flagged | unknown.
+
+    The order is locked before its payment (the lock order in storage/orders.py), so a
+    cancellation racing this notification is either entirely before it (the money arrived
+    for a cancelled order: flagged for a refund) or entirely after it (the order is paid and
+    can no longer be cancelled) — never a 409 for a payment the gateway already took.
+    """
+    attempt = (
+        await tx.conn.execute(select(Payment.order_id).where(Payment.id == note.attempt_id))
+    ).first()
+    if attempt is None:
         return "unknown", None
-    order = await find_order(tx.conn, payment["order_id"])
+    locking = tx.dialect == "postgresql"
+    order = await find_order(tx.conn, attempt.order_id, for_update=locking)
     assert order is not None
+    query = select(Payment).where(Payment.id == note.attempt_id)
+    if locking:
+        query = query.with_for_update()  # two deliveries of one IMN apply it once
+    payment = (await tx.conn.execute(query)).mappings().one()
     owner = order["user_id"]
     if payment["status"] == "paid":
         return "already_paid", payment["id"]  # a repeat, or a late failure: never downgrade
@@ -120,12 +130,15 @@ async def apply_notification(tx: Tx, note: VerifiedNotification) -> tuple[str, s
     mismatch = note.amount_cents != payment["amount"] or note.currency.upper() != "MUR"
     paid_elsewhere = order["payment_status"] == "paid" or order["status"] != "approved"
     if mismatch or paid_elsewhere:
+        # Money the gateway took that cannot pay this order is never dropped: the payment is
+        # kept as `flagged` with its transaction id, and admins are told to review or refund.
         await _set_payment(tx, payment, owner, status="flagged", transaction_id=note.transaction_id)
-        reason = (
-            "amount or currency differs from the order"
-            if mismatch
-            else f"the order is already {order['status']}"
-        )
+        if mismatch:
+            reason = "amount or currency differs from the order"
+        elif order["status"] == "cancelled":
+            reason = "the order was cancelled: refund due"
+        else:
+            reason = f"the order is already {order['status']}"
         await notify_admins(
             tx,
             "payment_flagged",
@@ -133,6 +146,16 @@ async def apply_notification(tx: Tx, note: VerifiedNotification) -> tuple[str, s
             f"Payment {payment['id']} for order {order['id']}: {reason}.",
             {"order_id": order["id"], "payment_id": payment["id"]},
         )
+        if order["status"] == "cancelled":
+            await notify(
+                tx,
+                owner,
+                "payment_refund_due",
+                "Payment to be refunded",
+                f"Your order was cancelled before your payment of Rs "
+                f"{payment['amount'] / 100:,.2f} arrived; we will refund it.",
+                {"order_id": order["id"], "payment_id": payment["id"]},
+            )
         return "flagged", payment["id"]
     await _set_payment(tx, payment, owner, status="paid", transaction_id=note.transaction_id)
     await set_order_paid(tx, order["id"])

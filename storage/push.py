@@ -16,32 +16,23 @@ from typing import Any
 import msgspec
 import orjson
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.activity import (
+from protocol.mutations import (
+    CancelOrder,
     ExpressInterest,
+    InvalidArgs,
     MarkNotificationsRead,
-    RegisterDevice,
-    express_interest,
-    mark_notifications_read,
-    register_device,
-)
-from storage.changelog import ChangeLog, Tx
-from storage.db import now_ms
-from storage.models import MutationResult, SyncClient
-from storage.orders import (
     PurchaseRequest,
-    cancel_order,
-    listings_named,
-    lock_listings,
-    place_purchase_request,
+    RegisterDevice,
+    parse,
 )
+from storage.activity import express_interest, mark_notifications_read, register_device
+from storage.changelog import ChangeLog, Tx
+from storage.db import insert_for, now_ms
+from storage.models import MutationResult, SyncClient
+from storage.orders import cancel_order, listings_named, lock_for_batch, place_purchase_request
 from storage.scopes import Principal
 from sync_server.errors import Forbidden, MutationRejected, ValidationFailed
-
-
-class CancelOrder(msgspec.Struct, forbid_unknown_fields=True):
-    order_id: str
 
 
 class Mutation(msgspec.Struct, forbid_unknown_fields=True):
@@ -71,8 +62,8 @@ async def apply_mutation(tx: Tx, principal: Principal, mutation: Mutation) -> di
         return rejected(mutation.id, "unknown_mutation", f"unknown mutation {mutation.name!r}")
     args_type, handler = entry
     try:
-        args = msgspec.convert(mutation.args, args_type)
-    except msgspec.ValidationError as error:
+        args = parse(mutation.args, args_type)
+    except InvalidArgs as error:
         return rejected(mutation.id, "invalid_args", str(error))
     checkpoint = tx.checkpoint()
     savepoint = await tx.conn.begin_nested()
@@ -88,20 +79,26 @@ async def apply_mutation(tx: Tx, principal: Principal, mutation: Mutation) -> di
 
 async def _lock_client(tx: Tx, client_id: str, user_id: str) -> tuple[str, int]:
     now = now_ms()
-    dialect_insert = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
-    await tx.conn.execute(
-        dialect_insert(SyncClient)
-        .values(
-            client_id=client_id, user_id=user_id, last_mutation_id=0, created_at=now, updated_at=now
-        )
-        .on_conflict_do_nothing(index_elements=["client_id"])
-    )
     query = select(SyncClient.user_id, SyncClient.last_mutation_id).where(
         SyncClient.client_id == client_id
     )
     if tx.dialect == "postgresql":
         query = query.with_for_update()
-    row = (await tx.conn.execute(query)).one()
+    # A duplicate of a batch still being applied waits here for the original: on the new
+    # client's row the original has not committed yet, or on the row lock it holds.
+    async with tx.patient():
+        await tx.conn.execute(
+            insert_for(tx.dialect)(SyncClient)
+            .values(
+                client_id=client_id,
+                user_id=user_id,
+                last_mutation_id=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["client_id"])
+        )
+        row = (await tx.conn.execute(query)).one()
     return row.user_id, int(row.last_mutation_id)
 
 
@@ -122,12 +119,19 @@ async def push(
                 )
             )
             stored = {int(mutation_id): orjson.loads(outcome) for mutation_id, outcome in rows}
-        await lock_listings(
+        fresh = [mutation for mutation in mutations if mutation.id > last_id]
+        await lock_for_batch(
             tx,
-            {
+            cancelled={
+                mutation.args["order_id"]
+                for mutation in fresh
+                if mutation.name == "cancel_order"
+                and isinstance(mutation.args.get("order_id"), str)
+            },
+            purchased_from={
                 listing_id
-                for mutation in mutations
-                if mutation.id > last_id and mutation.name == "purchase_request"
+                for mutation in fresh
+                if mutation.name == "purchase_request"
                 for listing_id in listings_named(mutation.args)
             },
         )

@@ -19,7 +19,11 @@ EMAIL_TEMPLATES = {
     "order_approved": "order_approved",
     "order_rejected": "order_rejected",
     "order_paid": "payment_receipt",
+    "order_cancelled": "order_cancelled",
+    "order_completed": "order_completed",
+    "payment_refund_due": "payment_refund_due",
     "new_purchase_request": "new_request_alert",
+    "payment_flagged": "payment_flagged",
 }
 
 

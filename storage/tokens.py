@@ -4,6 +4,23 @@ A token is `<id>.<secret>`; only a SHA-256 of the secret is stored. Every refres
 token and issues its successor in the same *family*. Presenting a spent token again means it
 was stolen (or replayed by an attacker), so the whole family is revoked: the thief and the
 victim both have to sign in again, and the thief's successor token dies too.
+
+Reuse grace (`REFRESH_REUSE_GRACE_SECONDS`, default 60, 0 = none). On a flaky mobile link the
+server can spend a token and issue its successor while the answer never reaches the phone; the
+phone retries with the token it still holds, and without grace that honest retry looks exactly
+like a thief's replay and signs the user out. The same happens when two requests of one app
+refresh at once. So, for that many seconds after a token was *first* spent (the window does not
+slide with each retry), presenting it again answers a new successor in the same family and
+revokes nothing; after the window, reuse revokes the family as above. Auth0's "reuse interval"
+and Okta's "grace period" do the same.
+
+The trade-off: a stolen token replayed within the window also gets a working pair, and nothing
+is revoked. The window bounds that exposure (a thief must replay within seconds of the
+victim's refresh); anyone presenting the token after the window still kills the family,
+including every successor handed out during the window. A revoked family stays dead: grace
+never revives it. The check, the decision and the mark are one atomic step in both stores
+(the row lock in the database, one Lua script in Redis), so two racing presentations of one
+token are decided one after the other, never both as "first spend".
 """
 
 from __future__ import annotations
@@ -58,9 +75,14 @@ class RefreshTokenStore(Protocol):
 
 
 class DatabaseTokenStore:
-    def __init__(self, db: Database, lifetime_seconds: int) -> None:
+    """Tokens in `refresh_tokens`. A family is dead once any of its rows is revoked (revocation
+    always marks the whole family, so a successor inserted by a racing rotation that the
+    family UPDATE did not see is refused too)."""
+
+    def __init__(self, db: Database, lifetime_seconds: int, reuse_grace_seconds: int = 0) -> None:
         self._db = db
         self._lifetime_ms = lifetime_seconds * 1000
+        self._grace_ms = reuse_grace_seconds * 1000
 
     async def issue(self, user_id: str, family_id: str | None = None) -> str:
         async with self._db.write() as conn:
@@ -85,6 +107,8 @@ class DatabaseTokenStore:
         token_id, secret = _split(token)
         reused = False
         async with self._db.write() as conn:
+            # The row lock (SQLite: the one writer) makes check, decision and mark one step:
+            # a second presentation of the same token waits here and sees the first's spent_at.
             query = select(RefreshToken).where(RefreshToken.id == token_id)
             if not self._db.is_sqlite:
                 query = query.with_for_update()
@@ -95,8 +119,14 @@ class DatabaseTokenStore:
                 and hmac.compare_digest(row["secret_hash"], _digest(secret))
                 and row["revoked_at"] is None
                 and row["expires_at"] > now
+                and not await self._family_revoked(conn, row["family_id"])
             )
             if row is not None and valid and row["spent_at"] is not None:
+                if self._grace_ms > 0 and now - row["spent_at"] <= self._grace_ms:
+                    # A retry after a lost answer (or a concurrent refresh): another successor,
+                    # spent_at stays at the first spend so the window does not slide.
+                    successor = await self._insert(conn, row["user_id"], row["family_id"])
+                    return Rotation(row["user_id"], successor)
                 await conn.execute(
                     update(RefreshToken)
                     .where(RefreshToken.family_id == row["family_id"])
@@ -114,6 +144,15 @@ class DatabaseTokenStore:
                 "This refresh token was already used; sign in again.", code="refresh_token_reused"
             )
         raise InvalidToken("The refresh token is invalid or expired.")
+
+    @staticmethod
+    async def _family_revoked(conn: object, family_id: str) -> bool:
+        query = (
+            select(RefreshToken.id)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_not(None))
+            .limit(1)
+        )
+        return (await conn.execute(query)).first() is not None  # type: ignore[attr-defined]
 
     async def revoke(self, token: str) -> None:
         token_id, secret = _split(token)
@@ -140,27 +179,42 @@ class DatabaseTokenStore:
             )
 
 
+# KEYS[1] the token's hash; ARGV: secret digest, family key prefix, family marker TTL (s),
+# grace (ms). `spent` holds the time of the first spend in ms (Redis TIME: one clock for every
+# replica); a legacy '1' reads as 1 ms, long past any window. Check, decide and mark in one EVAL.
 _ROTATE = """
 local fields = redis.call('HMGET', KEYS[1], 'user', 'family', 'hash', 'spent')
 if not fields[1] or fields[3] ~= ARGV[1] then return {'invalid'} end
 local family_key = ARGV[2] .. fields[2]
 if redis.call('EXISTS', family_key) == 1 then return {'invalid'} end
-if fields[4] == '1' then
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if fields[4] then
+  local spent = tonumber(fields[4]) or 0
+  local grace = tonumber(ARGV[4])
+  if grace > 0 and now - spent <= grace then
+    return {'grace', fields[1], fields[2]}
+  end
   redis.call('SET', family_key, '1', 'EX', ARGV[3])
   return {'reused'}
 end
-redis.call('HSET', KEYS[1], 'spent', '1')
+redis.call('HSET', KEYS[1], 'spent', tostring(now))
 return {'ok', fields[1], fields[2]}
 """
 
 
 class RedisTokenStore:
-    """Same contract as DatabaseTokenStore; the spend check is one atomic Lua script."""
+    """Same contract as DatabaseTokenStore; the spend check is one atomic Lua script. A revoked
+    family is a marker key checked by that script, so a successor issued for a family being
+    revoked at the same moment is dead too."""
 
-    def __init__(self, client: Redis, prefix: str, lifetime_seconds: int) -> None:
+    def __init__(
+        self, client: Redis, prefix: str, lifetime_seconds: int, reuse_grace_seconds: int = 0
+    ) -> None:
         self._redis = client
         self._prefix = prefix
         self._lifetime = lifetime_seconds
+        self._grace_ms = reuse_grace_seconds * 1000
         self._rotate = client.register_script(_ROTATE)
 
     def _token_key(self, token_id: str) -> str:
@@ -190,14 +244,14 @@ class RedisTokenStore:
         token_id, secret = _split(token)
         answer = await self._rotate(
             keys=[self._token_key(token_id)],
-            args=[_digest(secret), f"{self._prefix}rtf:", self._lifetime],
+            args=[_digest(secret), f"{self._prefix}rtf:", self._lifetime, self._grace_ms],
         )
         status = _text(answer[0])
         if status == "reused":
             raise InvalidToken(
                 "This refresh token was already used; sign in again.", code="refresh_token_reused"
             )
-        if status != "ok":
+        if status not in ("ok", "grace"):
             raise InvalidToken("The refresh token is invalid or expired.")
         user_id, family_id = (_text(value) for value in answer[1:3])
         return Rotation(user_id, await self.issue(user_id, family_id))

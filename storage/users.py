@@ -114,6 +114,13 @@ async def erase_user(tx: Tx, user_id: str) -> None:
     email, phone, notes, interest messages, notifications and devices are removed.
     """
     now = now_ms()
+    # The lock order of storage/orders.py: the user's push clients, then their orders in id
+    # order, so an erasure never deadlocks with a batch the same phone is still pushing.
+    await tx.conn.execute(delete(SyncClient).where(SyncClient.user_id == user_id))
+    if tx.dialect == "postgresql":
+        await tx.conn.execute(
+            select(Order.id).where(Order.user_id == user_id).order_by(Order.id).with_for_update()
+        )
     await tx.conn.execute(
         update(User)
         .where(User.id == user_id)
@@ -173,4 +180,3 @@ async def erase_user(tx: Tx, user_id: str) -> None:
             "notifications", notification_id, before=frozenset({f"u:{user_id}"}), after=frozenset()
         )
     await tx.conn.execute(delete(Device).where(Device.user_id == user_id))
-    await tx.conn.execute(delete(SyncClient).where(SyncClient.user_id == user_id))

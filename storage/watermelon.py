@@ -11,25 +11,27 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.cursor import CursorState, LogCursor
-from storage.activity import (
+from protocol.mutations import (
+    MAX_READ_IDS,
     ExpressInterest,
+    InvalidArgs,
     MarkNotificationsRead,
-    express_interest,
-    mark_notifications_read,
+    PurchaseRequest,
+    parse,
 )
+from storage.activity import express_interest, mark_notifications_read
 from storage.changelog import Tx
-from storage.db import now_ms
+from storage.db import insert_for, now_ms
 from storage.models import ChangeLogEntry, Listing, Order, OrderItem
 from storage.orders import (
     MAX_ORDER_TOTAL,
-    PurchaseItem,
-    PurchaseRequest,
     cancel_order,
     find_order,
+    lock_for_batch,
     place_purchase_request,
 )
 from storage.pull import CursorExpired, pull_page
@@ -101,12 +103,26 @@ async def pull(
 
 
 def _records(changes: dict[str, Any], table: str, kind: str) -> list[Any]:
+    """One list of a push, checked for shape: objects with a string id, or (deleted) ids.
+    A malformed push is a 400 that changes nothing, never a crash halfway through."""
     bucket = changes.get(table) or {}
     if not isinstance(bucket, dict):
         raise BadRequest(f"changes.{table} must be an object", code="invalid_changes")
     records = bucket.get(kind) or []
     if not isinstance(records, list):
         raise BadRequest(f"changes.{table}.{kind} must be a list", code="invalid_changes")
+    for record in records:
+        if kind == "deleted":
+            record_id = record
+        elif isinstance(record, dict):
+            record_id = record.get("id")
+        else:
+            raise BadRequest(f"changes.{table}.{kind} holds a non-object", code="invalid_changes")
+        if not isinstance(record_id, str) or not 0 < len(record_id) <= 64:
+            raise BadRequest(
+                f"changes.{table}.{kind} holds a record without a string id",
+                code="invalid_changes",
+            )
     return records
 
 
@@ -143,23 +159,30 @@ async def _record_rejected_order(
     items = [item for item in request.items if item.listing_id in prices]
     total = sum(prices[item.listing_id] * item.quantity for item in items)
     now = now_ms()
-    await tx.conn.execute(
-        insert(Order).values(
-            id=request.order_id,
-            user_id=buyer.user_id,
-            status="rejected",
-            payment_method=request.payment_method,
-            payment_status="unpaid",
-            total=total if total <= MAX_ORDER_TOTAL else 0,  # a record of a refusal
-            note=request.note,
-            reject_reason=reason,
-            created_at=now,
-            updated_at=now,
+    recorded = (
+        await tx.conn.execute(
+            insert_for(tx.dialect)(Order)
+            .values(
+                id=request.order_id,
+                user_id=buyer.user_id,
+                status="rejected",
+                payment_method=request.payment_method,
+                payment_status="unpaid",
+                total=total if total <= MAX_ORDER_TOTAL else 0,  # a record of a refusal
+                note=request.note,
+                reject_reason=reason,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(Order.id)
         )
-    )
+    ).first()
+    if recorded is None:
+        return  # a twin push of the same record recorded it (or placed it) meanwhile
     if items:
         await tx.conn.execute(
-            insert(OrderItem),
+            insert_for(tx.dialect)(OrderItem).on_conflict_do_nothing(index_elements=["id"]),
             [
                 {
                     "id": item.item_id,
@@ -188,7 +211,11 @@ async def _record_rejected_order(
 async def push(
     tx: Tx, buyer: Principal, changes: dict[str, Any], last_pulled_at: int | None
 ) -> dict[str, list[str]]:
-    """Apply a WatermelonDB push in one transaction; returns the ids refused per table."""
+    """Apply a WatermelonDB push in one transaction; returns the ids refused per table.
+
+    Every record is mapped onto the mutation shapes of `protocol.mutations` and checked by
+    the same validator as REST and push: a record that fails it (a quantity of 2.5, a wrong
+    type) is refused by id, never coerced."""
     if not isinstance(changes, dict):
         raise BadRequest("the body must be a changes object", code="invalid_changes")
     since = None if last_pulled_at is None else last_pulled_at - 1
@@ -197,54 +224,74 @@ async def push(
         if table not in BY_NAME:
             raise BadRequest(f"unknown table {table!r}", code="invalid_changes")
         for kind in ("created", "updated", "deleted"):
+            records = _records(changes, table, kind)
             if table in WRITABLE_CREATE and kind == "created":
                 continue
             if table in ("orders", "notifications") and kind == "updated":
                 continue
-            for record in _records(changes, table, kind):
-                rejected[table].append(record if isinstance(record, str) else str(record.get("id")))
+            rejected[table].extend(
+                record if isinstance(record, str) else record["id"] for record in records
+            )
+
+    created_items = _records(changes, "order_items", "created")
+    updated_orders = _records(changes, "orders", "updated")
+    # The one lock order (storage/orders.py): orders this push may cancel, then every listing
+    # it reserves from or returns stock to, before touching any.
+    await lock_for_batch(
+        tx,
+        cancelled={raw["id"] for raw in updated_orders if raw.get("status") == "cancelled"},
+        purchased_from={
+            item["listing_id"] for item in created_items if isinstance(item.get("listing_id"), str)
+        },
+    )
 
     items_by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for item in _records(changes, "order_items", "created"):
+    for item in created_items:
         items_by_order[str(item.get("order_id"))].append(item)
     for raw in _records(changes, "orders", "created"):
-        order_id = str(raw.get("id"))
+        order_id = raw["id"]
         items = items_by_order.pop(order_id, [])
         outcome = await _purchase(tx, buyer, raw, items)
         if outcome == "refused":
             rejected["orders"].append(order_id)
-            rejected["order_items"].extend(str(item.get("id")) for item in items)
+            rejected["order_items"].extend(item["id"] for item in items)
     for items in items_by_order.values():  # items whose order was not in this push
-        rejected["order_items"].extend(str(item.get("id")) for item in items)
+        rejected["order_items"].extend(item["id"] for item in items)
 
     for raw in _records(changes, "interest_expressions", "created"):
         try:
-            args = ExpressInterest(
-                interest_id=str(raw.get("id")),
-                listing_id=str(raw.get("listing_id")),
-                message=raw.get("message") or None,
+            args = parse(
+                {
+                    "interest_id": raw["id"],
+                    "listing_id": raw.get("listing_id"),
+                    "message": raw.get("message") or None,
+                },
+                ExpressInterest,
             )
-            savepoint = await tx.conn.begin_nested()
-            checkpoint = tx.checkpoint()
-            try:
-                await express_interest(tx, buyer, args)
-                await savepoint.commit()
-            except MutationRejected:
-                await savepoint.rollback()
-                tx.restore(checkpoint)
-                rejected["interest_expressions"].append(args.interest_id)
-        except (TypeError, ValueError):
-            rejected["interest_expressions"].append(str(raw.get("id")))
+        except InvalidArgs:
+            rejected["interest_expressions"].append(raw["id"])
+            continue
+        savepoint = await tx.conn.begin_nested()
+        checkpoint = tx.checkpoint()
+        try:
+            await express_interest(tx, buyer, args)
+            await savepoint.commit()
+        except MutationRejected:
+            await savepoint.rollback()
+            tx.restore(checkpoint)
+            rejected["interest_expressions"].append(args.interest_id)
 
-    read_ids = []
-    for raw in _records(changes, "notifications", "updated"):
-        if raw.get("read") is True:
-            read_ids.append(str(raw.get("id")))
-    if read_ids:
-        await mark_notifications_read(tx, buyer, MarkNotificationsRead(ids=read_ids))
+    read_ids = [
+        raw["id"]
+        for raw in _records(changes, "notifications", "updated")
+        if raw.get("read") is True
+    ]
+    for start in range(0, len(read_ids), MAX_READ_IDS):
+        chunk = read_ids[start : start + MAX_READ_IDS]
+        await mark_notifications_read(tx, buyer, parse({"ids": chunk}, MarkNotificationsRead))
 
-    for raw in _records(changes, "orders", "updated"):
-        order_id = str(raw.get("id"))
+    for raw in updated_orders:
+        order_id = raw["id"]
         # Locked before the conflict check: an admin's approval committing between the check
         # and the cancel would otherwise be overwritten without the app ever seeing it.
         order = await find_order(tx.conn, order_id, for_update=tx.dialect == "postgresql")
@@ -268,29 +315,39 @@ async def push(
     return {table: ids for table, ids in rejected.items() if ids}
 
 
+def _purchase_request(raw: dict[str, Any], items: list[dict[str, Any]]) -> PurchaseRequest:
+    """The purchase a created order and its items ask for, through the one validator."""
+    return parse(
+        {
+            "order_id": raw["id"],
+            # WatermelonDB keeps unset string columns as "": no method means cash on delivery.
+            "payment_method": raw.get("payment_method") or "cod",
+            "note": raw.get("note") or None,
+            "items": [
+                {
+                    "item_id": item["id"],
+                    "listing_id": item.get("listing_id"),
+                    "quantity": item.get("quantity"),
+                }
+                for item in items
+            ],
+        },
+        PurchaseRequest,
+    )
+
+
 async def _purchase(
     tx: Tx, buyer: Principal, raw: dict[str, Any], items: list[dict[str, Any]]
 ) -> str:
-    order_id = str(raw.get("id"))
-    existing = await find_order(tx.conn, order_id)
+    """applied (now or by an earlier push of the same record), recorded (kept as a rejected
+    order), or refused (the record goes back in experimentalRejectedIds)."""
+    existing = await find_order(tx.conn, raw["id"])
     if existing is not None:
         # A push repeated after a lost acknowledgement: already applied, change nothing.
         return "applied" if existing["user_id"] == buyer.user_id else "refused"
     try:
-        request = PurchaseRequest(
-            order_id=order_id,
-            payment_method=str(raw.get("payment_method") or "cod"),
-            note=raw.get("note") or None,
-            items=[
-                PurchaseItem(
-                    item_id=str(item.get("id")),
-                    listing_id=str(item.get("listing_id")),
-                    quantity=int(item.get("quantity") or 0),
-                )
-                for item in items
-            ],
-        )
-    except (TypeError, ValueError):
+        request = _purchase_request(raw, items)
+    except InvalidArgs:
         return "refused"
     savepoint = await tx.conn.begin_nested()
     checkpoint = tx.checkpoint()
@@ -299,6 +356,11 @@ async def _purchase(
     except MutationRejected as rejection:
         await savepoint.rollback()
         tx.restore(checkpoint)
+        if rejection.error_code == "duplicate_id":
+            # The same record pushed again while this push ran (a retry racing the original):
+            # its order is committed and visible now.
+            twin = await find_order(tx.conn, request.order_id)
+            return "applied" if twin is not None and twin["user_id"] == buyer.user_id else "refused"
         if rejection.error_code in ("out_of_stock", "listing_unavailable"):
             await _record_rejected_order(tx, buyer, request, rejection.error_code)
             return "recorded"

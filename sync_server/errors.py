@@ -3,6 +3,7 @@
     FreshRootsError                 (500 internal_error)
     ├── BadRequest                  (400 bad_request)
     │   ├── ValidationFailed        (422 validation_failed; names the offending field)
+    │   ├── IdempotencyKeyReused    (422 idempotency_key_reused)
     │   ├── MalformedJSON           (400 malformed_json)
     │   ├── MalformedCursor         (400 malformed_cursor)
     │   └── InvalidCode             (400 invalid_code)
@@ -72,6 +73,15 @@ class ValidationFailed(BadRequest):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message, details={"field": field} if field else None)
+
+
+class IdempotencyKeyReused(BadRequest):
+    status_code = 422
+    code = "idempotency_key_reused"
+    default_message = (
+        "This Idempotency-Key was already used for a different request; "
+        "use a new key for a new request."
+    )
 
 
 class MalformedJSON(BadRequest):

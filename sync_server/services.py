@@ -87,12 +87,17 @@ async def open_services(
         cache = RedisCache(redis, settings.redis_prefix)
         pubsub = RedisPubSub(redis, settings.redis_prefix, channels=(CHANGES_CHANNEL,))
         refresh_tokens = RedisTokenStore(
-            redis, settings.redis_prefix, settings.refresh_token_seconds
+            redis,
+            settings.redis_prefix,
+            settings.refresh_token_seconds,
+            settings.refresh_reuse_grace_seconds,
         )
     else:
         cache = MemoryCache()
         pubsub = MemoryPubSub()
-        refresh_tokens = DatabaseTokenStore(db, settings.refresh_token_seconds)
+        refresh_tokens = DatabaseTokenStore(
+            db, settings.refresh_token_seconds, settings.refresh_reuse_grace_seconds
+        )
     feed = ChangeFeed(cache, pubsub, settings.head_cache_seconds)
     cloudinary = CloudinarySettings.from_environ(settings.environ)
     media = CloudinaryMedia(cloudinary) if cloudinary else None

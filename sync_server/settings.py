@@ -107,6 +107,9 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     access_token_seconds: int = 900
     refresh_token_seconds: int = 60 * 60 * 24 * 30
+    # Seconds after a refresh token was spent during which presenting it again (a retry after
+    # a lost answer, two refreshes at once) gets a new pair instead of revoking the family.
+    refresh_reuse_grace_seconds: int = 60
     bcrypt_rounds: int = 12
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
@@ -197,6 +200,7 @@ class Settings:
             jwt_secret=jwt_secret,
             access_token_seconds=_int(env, "ACCESS_TOKEN_SECONDS", 900, 30),
             refresh_token_seconds=_int(env, "REFRESH_TOKEN_SECONDS", 60 * 60 * 24 * 30, 60),
+            refresh_reuse_grace_seconds=_int(env, "REFRESH_REUSE_GRACE_SECONDS", 60, 0),
             bcrypt_rounds=_int(env, "BCRYPT_ROUNDS", 12, 10),
             cors_origins=_list(env, "CORS_ORIGINS"),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 1024 * 1024, 1024),

@@ -21,7 +21,15 @@ def assert_envelope(response, status: int, code: str | None = None) -> None:  # 
         assert error["code"] == code
 
 
-def test_register_login_me_and_refresh_rotation(server: str) -> None:
+def test_register_login_me_and_refresh_rotation(backend: Backend) -> None:
+    # Reuse revokes at once only without the grace window (tests/test_refresh_grace.py has it).
+    from sync_server.app import create_app
+
+    with serve_in_thread(create_app(backend.settings(REFRESH_REUSE_GRACE_SECONDS="0"))) as server:
+        _register_login_me_and_refresh_rotation(server)
+
+
+def _register_login_me_and_refresh_rotation(server: str) -> None:
     email = unique_email()
     anonymous = Api(server)
     created = anonymous.post(

@@ -23,7 +23,14 @@ from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
 from tests.support.live_server import submit_in_server
 from tests.support.processes import ServerProcess, server_processes, start_server
+from tests.support.racing import no_new_deadlocks
 from tests.support.replica import Replica, apply_page, build, without_empty
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_deadlocks(backend: Backend) -> Iterator[None]:
+    with no_new_deadlocks(backend.env["DATABASE_URL"] if backend.is_services else None):
+        yield
 
 
 @pytest.fixture

@@ -80,6 +80,26 @@ SPECS: Mapping[str, _Spec] = {
         ("order_id", "amount"),
         {"name": None, "method": None, "transaction_id": None, "paid_at": None},
     ),
+    "order_cancelled": _Spec(
+        "Your order {{ order_id }} is cancelled",
+        ("order_id",),
+        {"name": None, "paid": False},
+    ),
+    "order_completed": _Spec(
+        "Your order {{ order_id }} is complete",
+        ("order_id",),
+        {"name": None, "total": None},
+    ),
+    "payment_refund_due": _Spec(
+        "A refund is on its way for order {{ order_id }}",
+        ("order_id", "amount"),
+        {"name": None, "method": None, "transaction_id": None},
+    ),
+    "payment_flagged": _Spec(
+        "Payment {{ payment_id }} needs review (order {{ order_id }})",
+        ("order_id", "payment_id", "reason"),
+        {"amount": None, "transaction_id": None, "dashboard_url": None},
+    ),
     "one_time_code": _Spec(
         "{% if purpose == 'password_reset' %}Reset your Fresh Roots password"
         "{% else %}Confirm your email for Fresh Roots{% endif %}",
@@ -158,6 +178,41 @@ Amount: {{ amount | mur }}
 
 Keep this email as your receipt.
 """,
+    "order_cancelled": """Hello {{ name or "there" }},
+
+Your order {{ order_id }} is cancelled, and the items were released.
+{% if paid %}Anything you paid for it will be refunded.
+{% else %}Nothing was charged.
+{% endif %}
+""",
+    "order_completed": """Hello {{ name or "there" }},
+
+Your order {{ order_id }} is complete{% if total is not none %} ({{ total | mur }}){% endif %}.
+Thank you for buying from Fresh Roots. Enjoy!
+""",
+    "payment_refund_due": """Hello {{ name or "there" }},
+
+Your order {{ order_id }} was cancelled before your payment of {{ amount | mur }} reached us.
+{% if method %}It was paid with {{ method | method }}.
+{% endif %}
+{% if transaction_id %}Transaction: {{ transaction_id }}
+{% endif %}
+We will refund it; you do not need to do anything.
+""",
+    "payment_flagged": """A payment needs review.
+
+Payment: {{ payment_id }}
+Order: {{ order_id }}
+Reason: {{ reason }}
+{% if amount is not none %}Amount: {{ amount | mur }}
+{% endif %}
+{% if transaction_id %}Gateway transaction: {{ transaction_id }}
+{% endif %}
+{% if dashboard_url %}
+
+Review it: {{ dashboard_url }}
+{% endif %}
+""",
     "one_time_code": """Hello {{ name or "there" }},
 
 Your Fresh Roots code is {{ code }}.
@@ -232,6 +287,33 @@ _HTML = {
 {% if transaction_id %}<p>Transaction: {{ transaction_id }}</p>{% endif %}
 {% if paid_at %}<p>Date: {{ paid_at }}</p>{% endif %}
 <p>Keep this email as your receipt.</p>
+{% endblock %}""",
+    "order_cancelled": """{% extends "_layout.html" %}{% block content %}
+<p>Hello {{ name or "there" }},</p>
+<p>Your order <strong>{{ order_id }}</strong> is cancelled, and the items were released.</p>
+<p>{% if paid %}Anything you paid for it will be refunded.
+{% else %}Nothing was charged.{% endif %}</p>
+{% endblock %}""",
+    "order_completed": """{% extends "_layout.html" %}{% block content %}
+<p>Hello {{ name or "there" }},</p>
+<p>Your order <strong>{{ order_id }}</strong> is complete
+{%- if total is not none %} ({{ total | mur }}){% endif %}.</p>
+<p>Thank you for buying from Fresh Roots. Enjoy!</p>
+{% endblock %}""",
+    "payment_refund_due": """{% extends "_layout.html" %}{% block content %}
+<p>Hello {{ name or "there" }},</p>
+<p>Your order <strong>{{ order_id }}</strong> was cancelled before your payment of
+<strong>{{ amount | mur }}</strong> reached us.</p>
+{% if method %}<p>It was paid with {{ method | method }}.</p>{% endif %}
+{% if transaction_id %}<p>Transaction: {{ transaction_id }}</p>{% endif %}
+<p>We will refund it; you do not need to do anything.</p>
+{% endblock %}""",
+    "payment_flagged": """{% extends "_layout.html" %}{% block content %}
+<p>A payment needs review.</p>
+<p>Payment: <strong>{{ payment_id }}</strong><br>Order: {{ order_id }}<br>Reason: {{ reason }}</p>
+{% if amount is not none %}<p>Amount: {{ amount | mur }}</p>{% endif %}
+{% if transaction_id %}<p>Gateway transaction: {{ transaction_id }}</p>{% endif %}
+{% if dashboard_url %}<p><a href="{{ dashboard_url }}">Review it</a></p>{% endif %}
 {% endblock %}""",
     "one_time_code": """{% extends "_layout.html" %}{% block content %}
 <p>Hello {{ name or "there" }},</p>

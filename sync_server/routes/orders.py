@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
 import orjson
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from storage.activity import ExpressInterest, express_interest
+from protocol.mutations import ExpressInterest, InvalidArgs, PurchaseRequest, parse, same_purchase
+from storage.activity import express_interest
 from storage.changelog import Tx
-from storage.db import new_id, now_ms
+from storage.db import insert_for, new_id, now_ms
 from storage.listings import decode_page_cursor, encode_page_cursor
 from storage.models import IdempotencyKey, Notification, Order, OrderItem
-from storage.orders import PurchaseRequest, place_purchase_request
+from storage.orders import place_purchase_request
 from storage.scopes import Principal
 from storage.synced import NOTIFICATIONS, ORDER_ITEMS, ORDERS
-from sync_server.errors import MutationRejected, NotFound, ValidationFailed
+from sync_server.errors import IdempotencyKeyReused, MutationRejected, NotFound, ValidationFailed
 from sync_server.http import (
     authenticate,
     doc,
@@ -55,11 +56,27 @@ async def order_with_items(conn: AsyncConnection, order_id: str) -> dict[str, An
     return {**ORDERS.encode(row), "items": [ORDER_ITEMS.encode(item) for item in items]}
 
 
-async def _purchase(tx: Tx, buyer: Principal, request: PurchaseRequest) -> tuple[int, bytes]:
-    """One attempt: 201 with the order, 200 for a replay of the same order id, else the error."""
+def _answer(status_code: int, payload: Any) -> tuple[int, bytes]:
+    return status_code, orjson.dumps(payload)
+
+
+async def _earlier(tx: Tx, buyer: Principal, request: PurchaseRequest) -> tuple[int, bytes] | None:
+    """The answer when the order id is already taken: the stored order (200) if it is this
+    buyer's and exactly what this request asks for, so a retry after a lost answer gets the
+    first outcome; otherwise 409 duplicate_id, as push answers."""
     existing = await order_with_items(tx.conn, request.order_id)
-    if existing is not None and existing["user_id"] == buyer.user_id:
-        return 200, orjson.dumps(existing)
+    if existing is None:
+        return None
+    if existing["user_id"] == buyer.user_id and same_purchase(request, existing):
+        return _answer(200, existing)
+    return _answer(409, MutationRejected("duplicate_id", "order_id is already in use").envelope())
+
+
+async def _purchase(tx: Tx, buyer: Principal, request: PurchaseRequest) -> tuple[int, bytes]:
+    """One attempt: 201 with the new order, the earlier answer for a taken id, else the error."""
+    earlier = await _earlier(tx, buyer, request)
+    if earlier is not None:
+        return earlier
     checkpoint = tx.checkpoint()
     savepoint = await tx.conn.begin_nested()
     try:
@@ -67,36 +84,55 @@ async def _purchase(tx: Tx, buyer: Principal, request: PurchaseRequest) -> tuple
     except MutationRejected as rejection:
         await savepoint.rollback()
         tx.restore(checkpoint)
+        if rejection.error_code == "duplicate_id":
+            # A twin request created the order while this one ran; it is visible now.
+            earlier = await _earlier(tx, buyer, request)
+            if earlier is not None:
+                return earlier
         return rejection.status_code, orjson.dumps(rejection.envelope())
     await savepoint.commit()
-    order = await order_with_items(tx.conn, request.order_id)
-    return 201, orjson.dumps(order)
+    return _answer(201, await order_with_items(tx.conn, request.order_id))
 
 
-async def _claim_key(tx: Tx, user_id: str, key: str) -> tuple[int, bytes] | None:
-    """Claim an Idempotency-Key, or return the outcome stored by the request that claimed it.
+def fingerprint(request: PurchaseRequest) -> str:
+    """What an Idempotency-Key was used for: the request as decoded (so spacing and key
+    order in the JSON text do not matter), hashed."""
+    return hashlib.sha256(msgspec.json.encode(request)).hexdigest()
 
-    The insert blocks while another transaction holds the same key uncommitted, so a retry
-    racing the original waits for it and then replays its outcome.
+
+async def _claim_key(tx: Tx, user_id: str, key: str, request_hash: str) -> tuple[int, bytes] | None:
+    """Claim an Idempotency-Key, or return the answer its first use earned.
+
+    The insert waits while another transaction holds the same key uncommitted, so a retry
+    racing the original waits for it and then replays its outcome. A key first used for a
+    different request is refused with 422, as the IETF Idempotency-Key draft says: replaying
+    an unrelated order's 201 would tell the app its new order exists.
     """
-    insert_for = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
-    claimed = (
-        await tx.conn.execute(
-            insert_for(IdempotencyKey)
-            .values(user_id=user_id, key=key, status_code=0, body="", created_at=now_ms())
+    async with tx.patient():
+        claimed = await tx.conn.execute(
+            insert_for(tx.dialect)(IdempotencyKey)
+            .values(
+                user_id=user_id,
+                key=key,
+                request_hash=request_hash,
+                status_code=0,
+                body="",
+                created_at=now_ms(),
+            )
             .on_conflict_do_nothing(index_elements=["user_id", "key"])
             .returning(IdempotencyKey.key)
         )
-    ).first()
-    if claimed is not None:
+    if claimed.first() is not None:
         return None
     stored = (
         await tx.conn.execute(
-            select(IdempotencyKey.status_code, IdempotencyKey.body).where(
-                IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
-            )
+            select(
+                IdempotencyKey.request_hash, IdempotencyKey.status_code, IdempotencyKey.body
+            ).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
         )
     ).one()
+    if stored.request_hash is not None and stored.request_hash != request_hash:
+        return _answer(422, IdempotencyKeyReused().envelope())
     return int(stored.status_code), stored.body.encode()
 
 
@@ -119,7 +155,7 @@ async def purchase_request(request: Request) -> Response:
 
     async def work(tx: Tx) -> tuple[int, bytes]:
         if key is not None:
-            replay = await _claim_key(tx, buyer.user_id, key)
+            replay = await _claim_key(tx, buyer.user_id, key, fingerprint(body))
             if replay is not None:
                 return replay
         status_code, payload = await _purchase(tx, buyer, body)
@@ -222,9 +258,17 @@ async def interest(request: Request) -> Response:
     services = services_of(request)
     listing_id = path_param(request, "listing_id")
     body = await read_json(request, InterestBody)
-    args = ExpressInterest(
-        interest_id=body.interest_id or new_id(), listing_id=listing_id, message=body.message
-    )
+    try:
+        args = parse(
+            {
+                "interest_id": body.interest_id or new_id(),
+                "listing_id": listing_id,
+                "message": body.message,
+            },
+            ExpressInterest,
+        )
+    except InvalidArgs as error:
+        raise ValidationFailed(str(error)) from None
     result = await services.changelog.run(lambda tx: express_interest(tx, buyer, args))
     services.track(buyer.user_id, "interest_expressed", listing_id=listing_id)
     return json_response(

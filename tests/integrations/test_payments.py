@@ -6,17 +6,24 @@ import asyncio
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 
-from integrations.payments.sandbox import GatewayState, create_mips_standin, send_imn
+from integrations.payments.sandbox import (
+    GatewayState,
+    create_mips_standin,
+    crypted_callback,
+    send_imn,
+)
 from integrations.payments.settings import MipsSettings
 from sync_server.app import create_app
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
 from tests.support.live_server import free_port, serve_in_thread
+from tests.support.racing import at_once
 
 MIPS_ENV = {
     "MIPS_ID_MERCHANT": "m-1",
@@ -248,3 +255,59 @@ def test_reconcile_settles_a_notification_stored_during_an_outage(
     assert done.returncode == 0, done.stderr
     assert "1 applied" in done.stdout
     assert shop.buyer.get(f"/api/orders/{order_id}").json()["status"] == "paid"
+
+
+def test_a_payment_arriving_during_a_cancellation_is_never_lost(shop: Shop) -> None:
+    """The gateway's notification and the buyer's cancel race: one of them wins whole. The
+    money is never dropped and the webhook never fails: a payment for an order cancelled
+    first is kept as flagged, admins are alerted and the buyer is told of the refund."""
+    outcomes = set()
+    for _ in range(8):
+        order_id = approved_order(shop)
+        started = shop.buyer.post(f"/api/orders/{order_id}/payments", json={"method": "juice"})
+        payment_id = started.json()["payment_id"]
+        token = crypted_callback(shop.gateway, payment_id, "success")
+        cancel = {
+            "client_id": client_id(),
+            "mutations": [{"id": 1, "name": "cancel_order", "args": {"order_id": order_id}}],
+        }
+        notified, pushed = at_once(
+            partial(httpx.post, shop.gateway.webhook_url, data={"crypted_callback": token}),
+            partial(
+                httpx.post,
+                f"{shop.base_url}/api/sync/push",
+                json=cancel,
+                headers=shop.buyer.headers,
+            ),
+        )
+        assert (notified.status_code, notified.text) == (200, "success")
+        assert pushed.status_code == 200, pushed.text
+        cancelled = pushed.json()["results"][0]
+        order = shop.buyer.get(f"/api/orders/{order_id}").json()
+        payment = payment_row(shop.buyer, payment_id)
+        if cancelled["ok"]:
+            assert (order["status"], payment["status"]) == ("cancelled", "flagged")
+            assert payment["transaction_id"]  # kept, so the refund can be made
+            assert any(
+                n["type"] == "payment_flagged" and n["data"]["payment_id"] == payment_id
+                for n in shop.admin.get("/api/notifications").json()["items"]
+            )
+            assert any(
+                n["type"] == "payment_refund_due" and n["data"]["order_id"] == order_id
+                for n in shop.buyer.get("/api/notifications").json()["items"]
+            )
+        else:
+            assert cancelled["error"]["code"] == "order_paid"
+            assert (order["status"], payment["status"]) == ("paid", "paid")
+        outcomes.add(order["status"])
+    assert outcomes  # which side wins each round is the race's to decide
+
+
+def payment_row(api: Api, payment_id: str) -> dict[str, Any]:
+    _, pages = api.pull_all()
+    rows = {
+        row["id"]: row
+        for page in pages
+        for row in page["changes"].get("payments", {}).get("put", [])
+    }
+    return rows[payment_id]
