@@ -20,7 +20,10 @@ import msgspec
 from msgspec import Meta
 
 # Ids a phone makes offline (orders, order items, interest expressions): kept by the server.
-ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+# `(?!\n)$`, not `$` alone: Python's `$` also matches before a trailing newline, and
+# "order-1\n" must not pass as an id (the pattern also goes into /openapi.json, where
+# JavaScript's `$` has no such exception; `\Z` would not mean anything there).
+ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{8,64}(?!\n)$")]
 # Ids the server made (listings, notifications): any short string; unknown ones are refused
 # by the lookup, not by shape.
 ServerId = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -34,7 +37,7 @@ PaymentMethod = Literal["juice", "myt_money", "card", "cod"]
 PAYMENT_METHODS: tuple[str, ...] = ("juice", "myt_money", "card", "cod")
 Platform = Literal["android", "ios", "web"]
 ExpoPushToken = Annotated[
-    str, Meta(pattern=r"^Expo(nent)?PushToken\[[^\]\s]{1,200}\]$", max_length=255)
+    str, Meta(pattern=r"^Expo(nent)?PushToken\[[^\]\s]{1,200}\](?!\n)$", max_length=255)
 ]
 
 

@@ -181,7 +181,7 @@ MAX_MUTATION_ID = 2**63 - 1  # stored as BIGINT
 def check_batch(client_id: str, mutations: list[Mutation]) -> None:
     """What every transport (HTTP, WebSocket) checks before a batch reaches the database:
     a bad batch gets a 4xx naming the field, never a database error on every resend."""
-    if not CLIENT_ID.match(client_id):
+    if not CLIENT_ID.fullmatch(client_id):
         raise ValidationFailed(
             "client_id must be 8 to 64 characters of [A-Za-z0-9_.:-]", field="client_id"
         )

@@ -23,6 +23,8 @@ from sync_server.errors import (
 from sync_server.services import services_of
 
 T = TypeVar("T")
+# The largest integer a query parameter may carry: fits a BIGINT and a JavaScript number.
+SAFE_INTEGER = 2**53 - 1
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -86,6 +88,9 @@ def query_int(
         value = int(raw)
     except ValueError:
         raise ValidationFailed(f"{name} must be an integer", field=name) from None
+    if not -SAFE_INTEGER <= value <= SAFE_INTEGER:
+        # Past what a BIGINT (or a JavaScript number) holds: refused here, not by the database.
+        raise ValidationFailed(f"{name} is out of range", field=name)
     if minimum is not None and value < minimum:
         raise ValidationFailed(f"{name} must be at least {minimum}", field=name)
     if maximum is not None and value > maximum:

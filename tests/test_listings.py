@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from tests.support.api import Api
+from tests.support.queries import statements
 
 
 def test_search_ignores_accents_and_apostrophes(admin: Api, buyer: Api) -> None:
@@ -49,8 +51,10 @@ def test_filters_and_keyset_paging(admin: Api, buyer: Api) -> None:
     assert {item["price"] for item in cheap["items"]} == {1000, 2000, 3000}
     stocked = buyer.get(
         "/api/listings", params={"category": category, "in_stock": "true", "min_price": 2000}
-    ).json()
-    assert all(item["stock"] > 0 and item["price"] >= 2000 for item in stocked["items"])
+    ).json()["items"]
+    # Odd n have stock; of those, n = 1, 3, 5 cost 2000 or more (newest first).
+    assert [item["id"] for item in stocked] == [made[n]["id"] for n in (5, 3, 1)]
+    assert all(item["stock"] > 0 and item["price"] >= 2000 for item in stocked)
     assert buyer.get("/api/listings", params={"min_price": "cheap"}).status_code == 422
 
 
@@ -61,18 +65,27 @@ def test_drafts_are_invisible_to_buyers(admin: Api, buyer: Api) -> None:
     assert admin.get(f"/api/listings/{draft['id']}").status_code == 200
 
 
-def test_a_cached_page_is_never_served_after_a_change(admin: Api, buyer: Api) -> None:
+def test_a_cached_page_is_never_served_after_a_change(admin: Api, buyer: Api, server: str) -> None:
     category = "cache" + secrets.token_hex(3)
     listing = admin.create_listing(title="Chouchou", category=category, price=4000)
-    first = buyer.get("/api/listings", params={"category": category}).json()
-    assert first["items"][0]["price"] == 4000
-    assert buyer.get("/api/listings", params={"category": category}).json() == first  # cached
+
+    def page() -> tuple[dict[str, Any], int]:
+        """The page, and how many times the server searched the database to answer it."""
+        # The search binds this test's own category, so no other reader is counted.
+        with statements(server, lambda sql, params: category in repr(params)) as searches:
+            response = buyer.get("/api/listings", params={"category": category})
+        assert response.status_code == 200, response.text
+        return response.json(), len(searches)
+
+    first, searched = page()
+    assert [(item["id"], item["price"]) for item in first["items"]] == [(listing["id"], 4000)]
+    assert searched == 1
+    again, searched = page()
+    assert again == first and searched == 0  # served from the cache, not the database
     patched = admin.patch(f"/api/admin/listings/{listing['id']}", json={"price": 4500})
     assert patched.status_code == 200 and patched.json()["price"] == 4500
-    assert (
-        buyer.get("/api/listings", params={"category": category}).json()["items"][0]["price"]
-        == 4500
-    )
+    changed, searched = page()
+    assert [item["price"] for item in changed["items"]] == [4500] and searched == 1
     assert buyer.get(f"/api/listings/{listing['id']}").json()["price"] == 4500
     admin.patch(f"/api/admin/listings/{listing['id']}", json={"status": "draft"})
     assert buyer.get("/api/listings", params={"category": category}).json()["items"] == []

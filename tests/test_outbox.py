@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
 from email.message import Message
 
@@ -119,55 +121,85 @@ def test_order_events_are_emailed_once_each(
         assert box.wait_for(admin_email)  # the new-request alert
 
 
-def test_a_relay_outage_is_retried_later(backend: Backend, mailbox: tuple[Mailbox, int]) -> None:
-    box, _port = mailbox
-    dead_port = free_port()  # nothing listens here
-    with serve_in_thread(create_app(backend.settings(**mail_server_env(dead_port)))) as base_url:
-        api = register(base_url, "patient")
-        api.post("/api/auth/verify-email/request")
+def outbox_state(backend: Backend, recipient: str) -> tuple[str, int, str | None]:
+    """(status, attempts, last_error) of the one outbox item for `recipient`."""
 
-        async def status() -> tuple[str, int, str | None]:
-            db = Database(backend.env["DATABASE_URL"])
-            try:
-                async with db.read() as conn:
-                    row = (
-                        await conn.execute(
-                            select(
-                                OutboxItem.status, OutboxItem.attempts, OutboxItem.last_error
-                            ).where(OutboxItem.recipient == api.user["email"])
+    async def read() -> tuple[str, int, str | None]:
+        db = Database(backend.env["DATABASE_URL"])
+        try:
+            async with db.read() as conn:
+                row = (
+                    await conn.execute(
+                        select(OutboxItem.status, OutboxItem.attempts, OutboxItem.last_error).where(
+                            OutboxItem.recipient == recipient
                         )
-                    ).one()
-                    return row.status, row.attempts, row.last_error
-            finally:
-                await db.dispose()
+                    )
+                ).one()
+                return row.status, row.attempts, row.last_error
+        finally:
+            await db.dispose()
+
+    return asyncio.run(read())
+
+
+def test_a_relay_outage_is_retried_later(backend: Backend) -> None:
+    port = free_port()  # the relay's address: down (nothing listens) until the first try failed
+    with serve_in_thread(create_app(backend.settings(**mail_server_env(port)))) as base_url:
+        api = register(base_url, "patient")
+        email = api.user["email"]
+        assert api.post("/api/auth/verify-email/request").status_code == 202
 
         deadline = time.monotonic() + 15
-        while asyncio.run(status())[1] == 0:
+        while outbox_state(backend, email)[1] == 0:
             assert time.monotonic() < deadline, "the worker never tried"
             time.sleep(0.1)
-        state, attempts, error = asyncio.run(status())
-        assert state == "pending" and attempts >= 1 and error  # kept, with a later retry
-    assert not box.messages
+        status, attempts, error = outbox_state(backend, email)
+        assert status == "pending" and attempts >= 1 and error  # kept, for a later retry
+
+        box = Mailbox()  # the relay comes back
+        controller = Controller(box, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            [message] = box.wait_for(email, timeout=30)  # the first retry is 2.5 to 5 s later
+            assert re.search(r"\b\d{6}\b", message.get_payload())  # type: ignore[arg-type]
+            deadline = time.monotonic() + 10
+            while outbox_state(backend, email)[0] != "sent":
+                assert time.monotonic() < deadline, "delivered but never recorded as sent"
+                time.sleep(0.1)
+            status, retried_attempts, _ = outbox_state(backend, email)
+            assert retried_attempts > attempts  # delivered by a later attempt, not the first
+            time.sleep(0.5)  # a duplicate would show up now
+            assert len(box.messages) == 1
+        finally:
+            controller.stop()
 
 
 def test_two_workers_racing_deliver_each_item_once(
-    backend: Backend, mailbox: tuple[Mailbox, int]
+    services_backend: Backend, mailbox: tuple[Mailbox, int]
 ) -> None:
-    """Claims are leases taken with FOR UPDATE SKIP LOCKED: concurrent workers never share."""
+    """Claims are leases taken with FOR UPDATE SKIP LOCKED: concurrent workers never share.
+    Two threads, each with its own event loop and connection pool, as two worker processes
+    would be, drain one queue in PostgreSQL at the same time."""
+    from integrations.notifications.settings import EmailSettings
     from storage.cache import MemoryCache
-    from storage.changelog import ChangeFeed, ChangeLog
+    from storage.changelog import ChangeLog
+    from storage.feed import ChangeFeed
     from storage.outbox import enqueue
     from storage.pubsub import MemoryPubSub
-    from sync_server.channels import EmailChannel, EmailSettings
+    from sync_server.channels import EmailChannel
     from sync_server.worker import OutboxWorker
 
     box, port = mailbox
+    url = services_backend.env["DATABASE_URL"]
     tag = f"race-{time.time_ns()}"
     recipients = [f"{tag}-{n}@example.mu" for n in range(60)]
 
-    async def race() -> None:
-        db_a, db_b = Database(backend.env["DATABASE_URL"]), Database(backend.env["DATABASE_URL"])
-        log = ChangeLog(db_a, ChangeFeed(MemoryCache(), MemoryPubSub(), 30))
+    def mine() -> list[str]:
+        return [str(m["To"]) for m in box.messages if str(m["To"]).startswith(tag)]
+
+    async def queue() -> None:
+        db = Database(url)
+        log = ChangeLog(db, ChangeFeed(MemoryCache(), MemoryPubSub(), 30))
         async with log.transaction() as tx:
             for address in recipients:
                 await enqueue(
@@ -177,23 +209,36 @@ def test_two_workers_racing_deliver_each_item_once(
                     address,
                     {"template": "order_event", "title": "Race", "message": "hello"},
                 )
-        channel = EmailChannel(EmailSettings(host="127.0.0.1", port=port, starttls=False))
-        workers = [OutboxWorker(db, [channel], 0.05) for db in (db_a, db_b)]
-        channel.batch_size = 5  # small claims, many rounds: plenty of chances to collide
+        await db.dispose()
 
-        async def drain(worker: OutboxWorker) -> None:
-            for _ in range(200):
-                if await worker.run_once() == 0 and len(mine()) >= len(recipients):
-                    return
-                await asyncio.sleep(0)
+    asyncio.run(queue())
+    start = threading.Barrier(2)
 
-        await asyncio.gather(*(drain(worker) for worker in workers))
-        await db_a.dispose()
-        await db_b.dispose()
+    def worker_thread() -> int:
+        """Drain the queue; returns how many items this worker claimed."""
 
-    def mine() -> list[str]:
-        return [str(m["To"]) for m in box.messages if str(m["To"]).startswith(tag)]
+        async def drain() -> int:
+            db = Database(url)
+            channel = EmailChannel(EmailSettings(host="127.0.0.1", port=port, starttls=False))
+            channel.batch_size = 5  # small claims, many rounds: plenty of chances to collide
+            worker = OutboxWorker(db, [channel], 0.05)
+            claimed = 0
+            try:
+                await asyncio.to_thread(start.wait)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    handled = await worker.run_once()
+                    claimed += handled
+                    if handled == 0 and len(mine()) >= len(recipients):
+                        break
+            finally:
+                await db.dispose()
+            return claimed
 
-    asyncio.run(race())
-    delivered = mine()
-    assert sorted(delivered) == sorted(recipients)  # every one, none twice
+        return asyncio.run(drain())
+
+    with ThreadPoolExecutor(2) as pool:
+        claims = [future.result() for future in [pool.submit(worker_thread) for _ in range(2)]]
+    assert sorted(mine()) == sorted(recipients)  # every one, none twice
+    assert sum(claims) == len(recipients)  # no item was claimed by both
+    assert all(claims), f"one worker did everything ({claims}): nothing raced"

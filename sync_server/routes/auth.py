@@ -63,13 +63,13 @@ async def register(request: Request) -> Response:
     )
     body = await read_json(request, RegisterBody)
     email = body.email.strip().lower()
-    if not EMAIL.match(email) or len(email) > 254:
+    if not EMAIL.fullmatch(email) or len(email) > 254:
         raise ValidationFailed("email is not a valid address", field="email")
     check_password_shape(body.password)
     name = body.name.strip()
     if not 1 <= len(name) <= 120:
         raise ValidationFailed("name must be 1 to 120 characters", field="name")
-    if body.phone is not None and not PHONE.match(body.phone):
+    if body.phone is not None and not PHONE.fullmatch(body.phone):
         raise ValidationFailed("phone must be digits, spaces and an optional +", field="phone")
     password_hash = await services.passwords.hash(body.password)
     async with services.changelog.transaction() as tx:

@@ -88,6 +88,10 @@ async def _store(services: Services, key: str, body: bytes) -> None:
         return
 
 
+# listings.price is a 32-bit integer: a bound past it means "no bound", not a database error.
+PRICE_CEILING = 2**31 - 1
+
+
 @doc(
     "Search and filter listings (keyset paged)",
     tag="listings",
@@ -99,8 +103,8 @@ async def list_listings(request: Request) -> Response:
     query = ListingQuery(
         q=(request.query_params.get("q") or None),
         category=request.query_params.get("category") or None,
-        min_price=query_int(request, "min_price", minimum=0),
-        max_price=query_int(request, "max_price", minimum=0),
+        min_price=query_int(request, "min_price", minimum=0, maximum=PRICE_CEILING),
+        max_price=query_int(request, "max_price", minimum=0, maximum=PRICE_CEILING),
         in_stock=query_bool(request, "in_stock"),
         cursor=request.query_params.get("cursor") or None,
         limit=query_int(request, "limit", 20, minimum=1, maximum=100) or 20,
