@@ -167,7 +167,53 @@ def session(client: httpx.Client, path: str, body: dict[str, Any]) -> str:
     return str(response.json()["access_token"])
 
 
-def run_backend(name: str, env: dict[str, str], duration: int, connections: int) -> None:
+class Profiler:
+    """py-spy on the server process during a wrk run: the top frames by own time."""
+
+    def __init__(self, pid: int, duration: int) -> None:
+        self.pid, self.duration = pid, duration
+
+    def start(self, label: str) -> tuple[subprocess.Popen[bytes], Path, str]:
+        out = Path(tempfile.mkdtemp()) / "stacks.txt"
+        process = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.pid),
+                "--duration",
+                str(self.duration),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return process, out, label
+
+    def report(self, recording: tuple[subprocess.Popen[bytes], Path, str], top: int = 12) -> None:
+        process, out, label = recording
+        process.wait(self.duration + 30)
+        own: dict[str, int] = {}
+        total = 0
+        for line in out.read_text().splitlines():
+            stack, _, samples = line.rpartition(" ")
+            frame = stack.split(";")[-1]
+            own[frame] = own.get(frame, 0) + int(samples)
+            total += int(samples)
+        print(f"    py-spy, {label}: top frames by own time ({total} samples)")
+        for name, hits in sorted(own.items(), key=lambda item: -item[1])[:top]:
+            print(f"      {100 * hits / max(total, 1):5.1f}%  {name[:110]}")
+
+
+def run_backend(
+    name: str, env: dict[str, str], duration: int, connections: int, profile: bool = False
+) -> None:
     settings = Settings.from_environ(env)
     upgrade(env["DATABASE_URL"])
     from storage.seed import seed_listings
@@ -318,15 +364,16 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
                 f"p95 {warm[int(len(warm) * 0.95) - 1]:.1f} ms"
             )
 
-        # A cursor with 50 changes after it, pulled again and again (the database path).
-        fifty_cursor = pull(client, admin, limit=1000).json()["cursor"]
+        # A phone's cursor with 50 listing changes after it, pulled again and again (gzip).
+        fifty_cursor = pull(client, watcher, cursor=watch_cursor, limit=1000).json()["cursor"]
         for listing in rows[:50]:
             client.patch(
                 f"/api/admin/listings/{listing['id']}",
                 json={"stock": 1_000_000},
                 headers={"authorization": f"Bearer {admin}"},
             ).raise_for_status()
-        fifty = pull(client, admin, cursor=fifty_cursor, limit=100).json()
+        time.sleep(0.5)  # the server's hub reads the commits once, into its shared tail
+        fifty = pull(client, watcher, cursor=fifty_cursor, limit=100).json()
         changed = sum(len(v) for t in fifty["changes"].values() for v in t.values())
         empty_cursor = pull(client, buyer, cursor=cursor, limit=1000).json()["cursor"]
         while True:
@@ -347,18 +394,27 @@ def run_backend(name: str, env: dict[str, str], duration: int, connections: int)
             f"p99 {bare_p99})"
         )
         auth = {"Authorization": f"Bearer {buyer}"}
+        profiler = Profiler(server.process.pid, duration) if profile else None
         for label, url, headers in (
             ("empty pull", f"{server.base_url}/api/sync/pull?cursor={empty_cursor}", auth),
             (
-                f"{changed}-change pull",
+                "304 poll (If-None-Match)",
+                f"{server.base_url}/api/sync/pull?cursor={empty_cursor}",
+                {**auth, "If-None-Match": f'"{empty_cursor}"'},
+            ),
+            (
+                f"{changed}-change pull, gzip",
                 f"{server.base_url}/api/sync/pull?cursor={fifty_cursor}&limit=100",
-                {"Authorization": f"Bearer {admin}"},
+                {"Authorization": f"Bearer {watcher}", "Accept-Encoding": "gzip"},
             ),
         ):
+            recording = profiler.start(label) if profiler else None
             rps, p50, p99 = wrk(url, duration, connections, headers)
             print(
                 f"  {label}: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, p99 {p99})"
             )
+            if profiler and recording:
+                profiler.report(recording)
         listings = ",".join(listing["id"] for listing in rows[:50])
         rps, p50, p99 = wrk(
             f"{server.base_url}/api/sync/push",
@@ -386,6 +442,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=("services", "embedded", "both"), default="both")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the server during each pull run"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required: apt-get install wrk")
@@ -393,12 +452,18 @@ def main() -> None:
         "JWT_SECRET": secrets.token_hex(24),
         "RATE_LIMITS": "off",
         "BCRYPT_ROUNDS": "12",  # the production default, so the login figure is real
-        "LOG_LEVEL": "WARNING",
+        # Everything else as a user runs it: the access log on, default pool and tail.
     }
     if args.backend in ("embedded", "both"):
         with tempfile.TemporaryDirectory() as directory:
             env = {**base, "DATABASE_URL": f"sqlite:///{directory}/bench.db"}
-            run_backend("embedded (SQLite, in-process cache)", env, args.duration, args.connections)
+            run_backend(
+                "embedded (SQLite, in-process cache)",
+                env,
+                args.duration,
+                args.connections,
+                args.profile,
+            )
     if args.backend in ("services", "both"):
         database_url = real.create_database()
         prefix = f"frbench:{secrets.token_hex(3)}:"
@@ -409,7 +474,7 @@ def main() -> None:
                 "REDIS_URL": real.REDIS_URL,
                 "REDIS_PREFIX": prefix,
             }
-            run_backend("PostgreSQL + Redis", env, args.duration, args.connections)
+            run_backend("PostgreSQL + Redis", env, args.duration, args.connections, args.profile)
         finally:
             real.drop_database(database_url)
             real.clear_redis_prefix(prefix)

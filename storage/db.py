@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import random
 import secrets
@@ -20,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from storage.admission import AdmissionGate, Priority, request_priority
 from sync_server.errors import ServiceUnavailable
 
 log = logging.getLogger("freshroots.db")
@@ -28,6 +31,11 @@ T = TypeVar("T")
 # PostgreSQL answers these when two transactions collide; the loser is rolled back whole and
 # can simply run again.
 RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+# (gate, task) while a task holds a slot of that gate: see `Database._admit`.
+_holding: contextvars.ContextVar[tuple[object, object] | None] = contextvars.ContextVar(
+    "db_slot_holder", default=None
+)
 
 
 def async_url(url: str) -> str:
@@ -97,22 +105,38 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    """The engine plus admission control: every transaction holds one of `pool_size` slots
+    (`storage.admission`), and the pool holds exactly that many connections, no overflow."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        low_priority_wait: float = 0.25,
+        wait: float = 3.0,
+    ) -> None:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         options: dict[str, Any] = {"echo": echo}
+        # No overflow: past `pool_size`, an overflow pool opens and closes a connection per
+        # request, which is slowest exactly when the database is busiest. The gate below
+        # queues and sheds instead, so the pool itself never makes anyone wait; its timeout
+        # only bounds a transaction opened inside another one by the same task.
         if self.dialect == "postgresql":
             options.update(
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=0,
                 pool_pre_ping=True,
                 pool_timeout=10,
                 # Bound every wait: a request stuck behind a lock answers 503, it never hangs.
                 connect_args={"options": "-c lock_timeout=5000 -c statement_timeout=30000"},
             )
         else:
-            options.update(pool_size=pool_size, max_overflow=0, pool_timeout=30)
+            options.update(pool_size=pool_size, max_overflow=0, pool_timeout=10)
         self.engine: AsyncEngine = create_async_engine(async_url(url), **options)
+        self.gate = AdmissionGate(pool_size, low_wait=low_priority_wait, wait=wait)
         # SQLite has one writer; serialising writers in-process avoids busy-waiting on the
         # file lock, and BEGIN IMMEDIATE takes that lock up front across processes.
         self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
@@ -126,9 +150,28 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
+    async def _admit(self, priority: Priority) -> contextvars.Token[Any] | None:
+        """Take a gate slot (None: this task already holds one of ours, and a transaction
+        opened inside another must not wait for the slot its own caller is holding)."""
+        task = asyncio.current_task()
+        if _holding.get() == (self.gate, task):
+            return None
+        await self.gate.acquire(priority)
+        return _holding.set((self.gate, task))
+
+    def _leave(self, token: contextvars.Token[Any] | None) -> None:
+        if token is not None:
+            self.gate.release()
+            with contextlib.suppress(ValueError):  # closed from another context: nothing held
+                _holding.reset(token)
+
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction over one consistent snapshot (REPEATABLE READ on PostgreSQL)."""
+    async def read(self, priority: Priority | None = None) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction over one consistent snapshot (REPEATABLE READ on PostgreSQL).
+
+        `priority`: by default the request's (`storage.admission.request_priority`), so a
+        pull's read is shed before a push's; a shed read raises `Overloaded` (503)."""
+        token = await self._admit(request_priority.get() if priority is None else priority)
         try:
             async with self.engine.connect() as conn:
                 if self.dialect == "postgresql":
@@ -142,20 +185,30 @@ class Database:
             if translated is error:
                 raise
             raise translated from error
+        finally:
+            self._leave(token)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction; commits when the block ends without an exception."""
+    async def write(self, priority: Priority = Priority.NORMAL) -> AsyncIterator[AsyncConnection]:
+        """One write transaction; commits when the block ends without an exception.
+
+        NORMAL priority whatever the request: a write is what a person or a job did."""
         lock = self._sqlite_writer
         try:
             if lock is not None:
+                # The writer lock first, then the slot: writers queued behind the one SQLite
+                # writer hold no connection that readers could use meanwhile.
                 await lock.acquire()
             try:
-                async with self.engine.connect() as conn:
-                    if self.dialect == "sqlite":
-                        await conn.execution_options(sqlite_immediate=True)
-                    async with conn.begin():
-                        yield conn
+                token = await self._admit(priority)
+                try:
+                    async with self.engine.connect() as conn:
+                        if self.dialect == "sqlite":
+                            await conn.execution_options(sqlite_immediate=True)
+                        async with conn.begin():
+                            yield conn
+                finally:
+                    self._leave(token)
             finally:
                 if lock is not None:
                     lock.release()

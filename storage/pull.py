@@ -36,7 +36,7 @@ class PullPage:
 
 
 @dataclass
-class _RowChanges:
+class RowChanges:
     entered: bool = False
     fields: set[str] = field(default_factory=set)
     # Per scope, whether the row is in it at the end of the window: the last ENTERED/LEFT
@@ -115,7 +115,7 @@ async def pull_page(
     )
 
 
-def _add(changes: dict[str, TableChanges], table: str, kind: str, item: Any) -> None:
+def add_change(changes: dict[str, TableChanges], table: str, kind: str, item: Any) -> None:
     changes.setdefault(table, {}).setdefault(kind, []).append(item)
 
 
@@ -136,7 +136,7 @@ async def _snapshot_page(
         )
         rows = (await conn.execute(query)).mappings().all()
         for row in rows:
-            _add(changes, table.name, "put", table.encode(row))
+            add_change(changes, table.name, "put", table.encode(row))
         remaining -= len(rows)
         if remaining == 0 and rows:
             next_state = SnapshotCursor(state.head, table_index, rows[-1]["id"])
@@ -160,7 +160,7 @@ async def _log_page(
 ) -> PullPage:
     scopes = principal.scopes
     chunk = max(64, limit * 2)
-    grouped: dict[tuple[str, str], _RowChanges] = {}
+    grouped: dict[tuple[str, str], RowChanges] = {}
     position = after
     more = False
     while True:
@@ -189,7 +189,7 @@ async def _log_page(
                 if len(grouped) >= limit:
                     full = True
                     break
-                row_changes = grouped[key] = _RowChanges()
+                row_changes = grouped[key] = RowChanges()
             row_changes.note(scope, kind, fields)
             position = entry_position
         if full:
@@ -230,19 +230,19 @@ async def _log_page(
             # that left within the window is deleted now even if it is back (its re-entry,
             # later, comes as a put).
             if not seen.held_at_end:
-                _add(changes, table_name, "del", row_id)
+                add_change(changes, table_name, "del", row_id)
             elif (table_name, row_id) in left_since:
                 continue
             elif row is None or not (table.row_scopes(row) & own_scopes):
                 continue  # cannot happen when the log is complete; never leak a row out of scope
             elif seen.entered:
-                _add(changes, table_name, "put", table.encode(row))
+                add_change(changes, table_name, "put", table.encode(row))
             elif full_rows:
-                _add(changes, table_name, "patch", table.encode(row))
+                add_change(changes, table_name, "patch", table.encode(row))
             else:
                 patch = table.encode_fields(row, sorted(seen.fields))
                 if len(patch) > 1:
-                    _add(changes, table_name, "patch", patch)
+                    add_change(changes, table_name, "patch", patch)
     return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
 
 
@@ -250,7 +250,7 @@ async def _left_after(
     conn: AsyncConnection,
     scopes: tuple[str, ...],
     after: int,
-    grouped: dict[tuple[str, str], _RowChanges],
+    grouped: dict[tuple[str, str], RowChanges],
 ) -> set[tuple[str, str]]:
     """The rows held at the window's end that left one of these scopes after it (by the
     (row_id, position) index: a few rows, not the rest of the log)."""
@@ -272,6 +272,7 @@ async def _left_after(
 
 @dataclass
 class _Entry:
+    position: int
     scope: str
     kind: int
     fields: str
@@ -286,11 +287,13 @@ class Window:
     entries: dict[tuple[str, str], list[_Entry]]
     rows: dict[tuple[str, str], Any]
     overflow: bool
+    floor: int = 0  # the pruned floor when the window was read
 
 
 async def read_window(conn: AsyncConnection, start: int, limit: int) -> Window:
     """One read for all live sockets: the change log after `start`, whatever the scope."""
-    head = await log_head(conn)
+    bounds = await log_bounds(conn)
+    head = bounds.head
     result = (
         await conn.execute(
             select(
@@ -307,10 +310,10 @@ async def read_window(conn: AsyncConnection, start: int, limit: int) -> Window:
         )
     ).all()
     if len(result) > limit:
-        return Window(start, head, {}, {}, overflow=True)
+        return Window(start, head, {}, {}, overflow=True, floor=bounds.floor)
     entries: dict[tuple[str, str], list[_Entry]] = defaultdict(list)
-    for _position, scope, table_name, row_id, kind, fields in result:
-        entries[(table_name, row_id)].append(_Entry(scope, kind, fields))
+    for position, scope, table_name, row_id, kind, fields in result:
+        entries[(table_name, row_id)].append(_Entry(position, scope, kind, fields))
     rows: dict[tuple[str, str], Any] = {}
     ids_by_table: dict[str, list[str]] = defaultdict(list)
     for table_name, row_id in entries:
@@ -320,7 +323,7 @@ async def read_window(conn: AsyncConnection, start: int, limit: int) -> Window:
         query = table.select_rows().where(table.id_column.in_(ids))
         for row in (await conn.execute(query)).mappings():
             rows[(table_name, row["id"])] = row
-    return Window(start, head, dict(entries), rows, overflow=False)
+    return Window(start, head, dict(entries), rows, overflow=False, floor=bounds.floor)
 
 
 class WindowView:
@@ -367,11 +370,11 @@ class WindowView:
             for table_name, row_id, kind, fields in decisions:
                 table = BY_NAME[table_name]
                 if kind == "del":
-                    _add(changes, table_name, "del", row_id)
+                    add_change(changes, table_name, "del", row_id)
                     continue
                 row = self.window.rows[(table_name, row_id)]
                 item = table.encode(row) if kind == "put" else table.encode_fields(row, fields)
-                _add(changes, table_name, kind, item)
+                add_change(changes, table_name, kind, item)
             encoded = orjson.dumps(changes).decode()
             self._encoded[cache_key] = encoded
         return encoded

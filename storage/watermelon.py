@@ -8,6 +8,7 @@ never sees an empty log's position 0), so it never skips a change committed out 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,10 +35,11 @@ from storage.orders import (
     lock_for_batch,
     place_purchase_request,
 )
-from storage.pull import CursorExpired, pull_page
+from storage.pull import CursorExpired, PullPage, pull_page
 from storage.records import notify
 from storage.scopes import Principal, owned_scopes
 from storage.synced import BY_NAME
+from storage.tail import ChangeTail
 from sync_server.errors import BadRequest, Conflict, MutationRejected
 
 PAGE = 1000
@@ -53,20 +55,49 @@ def to_raw(table: str, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cursor_of(last_pulled_at: int | None) -> LogCursor | None:
+    """`timestamp` is a log position plus one; none (or 0) means a first sync."""
+    if last_pulled_at is None or last_pulled_at <= 0:
+        return None
+    return LogCursor(last_pulled_at - 1)
+
+
 async def pull(
     conn: AsyncConnection, principal: Principal, last_pulled_at: int | None
 ) -> dict[str, Any]:
-    state: CursorState | None = None
-    if last_pulled_at is not None and last_pulled_at > 0:
-        state = LogCursor(last_pulled_at - 1)
-    # One decision per record, whatever number of pages it took: WatermelonDB fails a sync
-    # that names a record twice ("Cannot update a record with pending changes"). Pages are
-    # read in order in one snapshot, so a later page's decision supersedes an earlier one.
-    decided: dict[str, dict[str, tuple[str, Any]]] = {}
+    """From the database, every page in one snapshot."""
+
+    async def page_at(state: CursorState | None) -> PullPage:
+        return await pull_page(conn, principal, state, PAGE, full_rows=True)
+
+    return await _assemble(page_at, cursor_of(last_pulled_at))
+
+
+def pull_from_tail(tail: ChangeTail, principal: Principal, after: int) -> dict[str, Any] | None:
+    """The same answer from the process's shared tail, or None when it does not cover
+    `after`. Every page comes from the tail as it is now (no await between pages)."""
+    if not tail.covers(after):
+        return None
+    pages: list[PullPage] = []
+    state = LogCursor(after)
+    while True:
+        page = tail.page(principal.scopes, state.position, PAGE, full_rows=True)
+        assert page is not None and isinstance(page.next_state, LogCursor)
+        pages.append(page)
+        state = page.next_state
+        if not page.more:
+            break
+    return _decide(pages, state, replacement=False)
+
+
+async def _assemble(
+    page_at: Callable[[CursorState | None], Awaitable[PullPage]], state: CursorState | None
+) -> dict[str, Any]:
+    pages: list[PullPage] = []
     replacement = False
     while True:
         try:
-            page = await pull_page(conn, principal, state, PAGE, full_rows=True)
+            page = await page_at(state)
         except CursorExpired:
             if replacement:  # cannot happen inside one snapshot; never loop on it
                 raise
@@ -74,7 +105,21 @@ async def pull(
             # snapshot, which the app must treat as the whole truth, so rows it holds that are
             # gone meanwhile are deleted too (WatermelonDB's replacement sync).
             replacement = True
-            page = await pull_page(conn, principal, None, PAGE, full_rows=True)
+            page = await page_at(None)
+        pages.append(page)
+        state = page.next_state
+        if not page.more:
+            break
+    assert isinstance(state, LogCursor)
+    return _decide(pages, state, replacement=replacement)
+
+
+def _decide(pages: list[PullPage], end: LogCursor, *, replacement: bool) -> dict[str, Any]:
+    # One decision per record, whatever number of pages it took: WatermelonDB fails a sync
+    # that names a record twice ("Cannot update a record with pending changes"). Pages are
+    # read in order from one state, so a later page's decision supersedes an earlier one.
+    decided: dict[str, dict[str, tuple[str, Any]]] = {}
+    for page in pages:
         for table, table_changes in page.changes.items():
             records = decided.setdefault(table, {})
             for row in table_changes.get("put", []):
@@ -87,16 +132,12 @@ async def pull(
                 )
             for row_id in table_changes.get("del", []):
                 records[row_id] = ("deleted", row_id)
-        state = page.next_state
-        if not page.more:
-            break
-    assert isinstance(state, LogCursor)
     changes: dict[str, dict[str, list[Any]]] = {}
     for table, records in decided.items():
         bucket = changes[table] = {"created": [], "updated": [], "deleted": []}
         for kind, value in records.values():
             bucket[kind].append(value if kind == "deleted" else to_raw(table, value))
-    result: dict[str, Any] = {"changes": changes, "timestamp": state.position + 1}
+    result: dict[str, Any] = {"changes": changes, "timestamp": end.position + 1}
     if replacement:
         result["experimentalStrategy"] = "replacement"
     return result

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from integrations.analytics.sentry import init_sentry
 from integrations.payments.sandbox import create_mips_standin
+from storage.admission import Priority
 from storage.changelog import prune
 from storage.db import Database
 from storage.migrate import pending_message
@@ -31,6 +32,7 @@ from sync_server.metrics import Metrics
 from sync_server.middleware import (
     BodyMiddleware,
     CompressionMiddleware,
+    EdgeAdmission,
     RequestEdgeMiddleware,
 )
 from sync_server.openapi import build_openapi
@@ -57,6 +59,7 @@ from sync_server.worker import OutboxWorker
 log = logging.getLogger("freshroots")
 ADMIN_UI = Path(__file__).parent / "admin_ui"
 VERSION = "0.1.0"
+PRIORITY = {priority: priority.name.lower() for priority in Priority}  # metric labels
 
 
 class SchemaNotReady(RuntimeError):
@@ -82,7 +85,11 @@ async def on_crash(request: Request, error: Exception) -> Response:
     return error_response(FreshRootsError())
 
 
-async def refresh_gauges(services: Services, metrics: Metrics) -> None:
+async def refresh_gauges(services: Services, metrics: Metrics, edge: EdgeAdmission) -> None:
+    gate = services.db.gate
+    for priority in Priority:
+        metrics.admission_waiting.labels(priority.name.lower()).set(gate.waiting(priority))
+    metrics.low_priority_in_flight.set(edge.in_flight)
     figures = await outbox_stats(services.db)
     for status in ("pending", "sending", "sent", "dead"):
         metrics.outbox_items.labels(status).set(figures[status])
@@ -131,7 +138,15 @@ def create_app(settings: Settings) -> Starlette:
         ) as services:
             app.state.services = services
             app.state.metrics = app_metrics
-            app_metrics.refresh = lambda: refresh_gauges(services, app_metrics)
+            app_metrics.refresh = lambda: refresh_gauges(services, app_metrics, edge_admission)
+            services.db.gate.configure(
+                low_wait=settings.admission_low_priority_wait_ms / 1000,
+                wait=settings.admission_wait_ms / 1000,
+                on_shed=lambda priority: app_metrics.count_shed("database", PRIORITY[priority]),
+                on_wait=lambda priority, seconds: app_metrics.observe_wait(
+                    PRIORITY[priority], seconds
+                ),
+            )
 
             async def refresh_listing_caches(_heads: dict[str, int], tables: set[str]) -> None:
                 if "listings" in tables:
@@ -160,6 +175,7 @@ def create_app(settings: Settings) -> Starlette:
                 background.cancel_scope.cancel()
 
     app_metrics = Metrics()
+    edge_admission = EdgeAdmission(max_in_flight=settings.admission_max_low_priority_in_flight)
     # Sync first: the router tries routes in order and background sync is most of the traffic.
     api_routes = [
         *sync.routes,
@@ -203,7 +219,10 @@ def create_app(settings: Settings) -> Starlette:
     )
     middleware = [
         Middleware(
-            RequestEdgeMiddleware, dashboard_csp=dashboard_policy(settings), metrics=app_metrics
+            RequestEdgeMiddleware,
+            dashboard_csp=dashboard_policy(settings),
+            metrics=app_metrics,
+            admission=edge_admission,
         ),
         *cors,
         Middleware(CompressionMiddleware),

@@ -58,6 +58,42 @@ class Metrics:
             "Newest committed change-log position.",
             registry=self.registry,
         )
+        # Admission control (storage/admission.py and the edge in sync_server/middleware.py).
+        self.shed = Counter(
+            "freshroots_shed",
+            "Requests answered 503 by admission control, by where they were turned away "
+            "(edge: too many low-priority requests in flight; database: no connection "
+            "within the wait) and priority.",
+            ["where", "priority"],
+            registry=self.registry,
+        )
+        self.admission_wait_seconds = Histogram(
+            "freshroots_admission_wait_seconds",
+            "Time queued for a database connection, by priority (only waits that happened).",
+            ["priority"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.admission_waiting = Gauge(
+            "freshroots_admission_waiting",
+            "Transactions queued for a database connection, by priority.",
+            ["priority"],
+            registry=self.registry,
+        )
+        self.low_priority_in_flight = Gauge(
+            "freshroots_low_priority_in_flight",
+            "Low-priority HTTP requests (pulls, listing reads) being served.",
+            registry=self.registry,
+        )
+        # Children made once: shedding happens under overload, when every microsecond counts.
+        self._shed_children = {
+            (where, priority): self.shed.labels(where, priority)
+            for where in ("edge", "database")
+            for priority in ("low", "normal")
+        }
+        self._wait_children = {
+            priority: self.admission_wait_seconds.labels(priority) for priority in ("low", "normal")
+        }
         self.refresh: Callable[[], Awaitable[None]] | None = None
         # `labels()` validates and looks up its arguments on every call; on the empty-pull
         # path that was a visible share of the request. Routes are templates, so this stays
@@ -74,6 +110,12 @@ class Metrics:
             )
         children[0].observe(seconds)
         children[1].inc()
+
+    def count_shed(self, where: str, priority: str) -> None:
+        self._shed_children[(where, priority)].inc()
+
+    def observe_wait(self, priority: str, seconds: float) -> None:
+        self._wait_children[priority].observe(seconds)
 
     async def render(self) -> bytes:
         if self.refresh is not None:

@@ -1,30 +1,36 @@
-"""Pure ASGI middleware: request ids and logs, body limits and gzip bodies, compression,
-security headers. Pure ASGI (not BaseHTTPMiddleware) so WebSockets and streaming pass through
-untouched and nothing is buffered that need not be."""
+"""Pure ASGI middleware: request ids and logs, admission, body limits and gzip bodies,
+compression, security headers. Pure ASGI (not BaseHTTPMiddleware) so WebSockets and streaming
+pass through untouched and nothing is buffered that need not be."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import logging
 import secrets
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import brotli
+import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from storage.admission import Overloaded, Priority, request_priority
 from sync_server.errors import (
     BadRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
     error_response,
 )
+from sync_server.logs import AccessLog
 from sync_server.metrics import Metrics
 
-access_log = logging.getLogger("freshroots.access")
+access_log = AccessLog("freshroots.access")
+log = logging.getLogger("freshroots.admission")
 
 COMPRESSIBLE = ("application/json", "text/", "application/javascript", "image/svg+xml")
 MIN_COMPRESS_BYTES = 512
@@ -39,19 +45,71 @@ SECURITY_HEADERS = [
 ]
 NO_STORE = (b"cache-control", b"no-store")
 
+# Low priority: reads a phone repeats anyway, shed before pushes, admin actions, auth and
+# webhooks (see storage/admission.py). By method and path, so no route has to declare it.
+PULL_PATH = "/api/sync/pull"
+LOW_PRIORITY_PATHS = frozenset(
+    {PULL_PATH, "/api/sync/watermelon", "/api/sync/snapshot", "/api/listings"}
+)
+LOW_PRIORITY_PREFIX = "/api/listings/"
+# The end of a pull that changed nothing (`changes` is the last key; see routes/sync.py).
+EMPTY_PULL_TAIL = b'"more":false,"reset":false,"changes":{}}'
+SHED_BODY = orjson.dumps(
+    {"error": {"code": Overloaded.code, "message": Overloaded.default_message}}
+)
+SHED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(SHED_BODY)).encode()),
+    (b"retry-after", b"1"),
+    NO_STORE,
+    *SECURITY_HEADERS,
+]
+SHED_LOG_SECONDS = 10.0
+# RFC 6455 "Try Again Later": a live session whose catch-up read was shed.
+WS_TRY_AGAIN_LATER = 1013
+
+
+def is_low_priority(method: str, path: str) -> bool:
+    return (method == "GET" or method == "HEAD") and (
+        path in LOW_PRIORITY_PATHS or path.startswith(LOW_PRIORITY_PREFIX)
+    )
+
+
+@dataclass
+class EdgeAdmission:
+    """The edge's share of admission control: at most `max_in_flight` low-priority HTTP
+    requests are served at once (0 = no cap); the next one is answered 503 at once.
+
+    Pulls that need no database (the cached-heads fast path) are bounded here and nowhere
+    else: 1,500 phones pulling back to back would otherwise keep the event loop busy enough
+    to starve admin edits and pushes of it."""
+
+    max_in_flight: int = 0
+    in_flight: int = 0
+    shed_unlogged: int = 0
+    log_after: float = 0.0
+
 
 class RequestEdgeMiddleware:
-    """Per request: an id, security headers, and one structured access-log line
-    (method, route, status, duration, request id, user id)."""
+    """Per request: an id, security headers, admission (priority, low-priority in-flight cap)
+    and one structured access-log line (method, route, status, duration, request id, user id).
+
+    Polls that changed nothing (any 304, and a 200 pull with no changes) are logged at DEBUG:
+    at phone scale they are most requests, say nothing the metrics do not count
+    (`freshroots_responses_total` by route and status), and a line each would cost the
+    cheapest request a sizeable share of its time; nginx setups drop 304s the same way. Every
+    other request is logged at INFO, written cheaply (`sync_server.logs.AccessLog`)."""
 
     def __init__(
         self,
         app: ASGIApp,
         dashboard_csp: str = "default-src 'self'",
         metrics: Metrics | None = None,
+        admission: EdgeAdmission | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
+        self.admission = admission or EdgeAdmission()
         self.dashboard_csp = (b"content-security-policy", dashboard_csp.encode())
         # Unique across instances (random per process) and cheap per request (a counter, not
         # a urandom call on every empty pull).
@@ -60,7 +118,10 @@ class RequestEdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         request_id = ""
         for name, value in scope["headers"]:
@@ -68,15 +129,26 @@ class RequestEdgeMiddleware:
                 request_id = value.decode("latin-1")[:64]
         state = scope.setdefault("state", {})
         state["request_id"] = request_id or f"{self._id_prefix}{next(self._id_counter):08x}"
+        path = scope["path"]
+        low = is_low_priority(scope["method"], path)
+        if low:
+            admission = self.admission
+            if admission.max_in_flight and admission.in_flight >= admission.max_in_flight:
+                await self._shed(send, state["request_id"])
+                return
+            admission.in_flight += 1
+            priority = request_priority.set(Priority.LOW)
         started = time.perf_counter()
         status = 500
-        api = scope["path"].startswith("/api")
-        dashboard = scope["path"].startswith("/admin")
+        quiet = False  # a poll that changed nothing
+        api = path.startswith("/api")
+        dashboard = path.startswith("/admin")
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, quiet
             if message["type"] == "http.response.start":
                 status = message["status"]
+                quiet = status == 304
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers += [pair for pair in SECURITY_HEADERS if pair[0] not in present]
@@ -86,11 +158,16 @@ class RequestEdgeMiddleware:
                     headers.append(self.dashboard_csp)
                 headers.append((b"x-request-id", state["request_id"].encode("latin-1")))
                 message = {**message, "headers": headers}
+            elif status == 200 and path == PULL_PATH and message["type"] == "http.response.body":
+                quiet = message.get("body", b"").endswith(EMPTY_PULL_TAIL)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            if low:
+                self.admission.in_flight -= 1
+                request_priority.reset(priority)
             route = scope.get("route")
             if self.metrics is not None:
                 # The route template, never the raw path: ids would explode label cardinality.
@@ -100,12 +177,13 @@ class RequestEdgeMiddleware:
                     status,
                     time.perf_counter() - started,
                 )
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
+            level = logging.DEBUG if quiet else logging.INFO
+            if access_log.enabled(level):
+                access_log.write(
+                    level,
+                    {
                         "method": scope["method"],
-                        "path": scope["path"],
+                        "path": path,
                         "route": getattr(route, "path", None),
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -113,6 +191,66 @@ class RequestEdgeMiddleware:
                         "user_id": state.get("user_id"),
                     },
                 )
+
+    async def _shed(self, send: Send, request_id: str) -> None:
+        """503 before any work: no routing, no authentication, no access line (under overload
+        a line per refusal would add to it); counted, and summarised in a warning at most
+        every SHED_LOG_SECONDS."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [*SHED_HEADERS, (b"x-request-id", request_id.encode("latin-1"))],
+            }
+        )
+        await send({"type": "http.response.body", "body": SHED_BODY})
+        if self.metrics is not None:
+            self.metrics.count_shed("edge", "low")
+        admission = self.admission
+        admission.shed_unlogged += 1
+        now = time.monotonic()
+        if now >= admission.log_after:
+            log.warning(
+                "overloaded: answering low-priority requests 503",
+                extra={
+                    "shed": admission.shed_unlogged,
+                    "max_in_flight": admission.max_in_flight,
+                },
+            )
+            admission.shed_unlogged = 0
+            admission.log_after = now + SHED_LOG_SECONDS
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Live sessions read at low priority (their catch-ups are pulls). If a read is shed
+        after the handshake, the error handler's 503 cannot be sent as HTTP any more: close
+        with 1013 (Try Again Later) instead; the client reconnects from its cursor."""
+        accepted = replaced = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal accepted, replaced
+            kind = message["type"]
+            if kind == "websocket.accept":
+                accepted = True
+            elif accepted and kind == "websocket.http.response.start":
+                replaced = True
+                busy = message["status"] in (429, 503)
+                close = {
+                    "type": "websocket.close",
+                    "code": WS_TRY_AGAIN_LATER if busy else 1011,
+                    "reason": "busy; resume from your cursor later" if busy else "server error",
+                }
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await send(close)
+                return
+            elif replaced and kind == "websocket.http.response.body":
+                return
+            await send(message)
+
+        priority = request_priority.set(Priority.LOW)
+        try:
+            await self.app(scope, receive, guarded_send)
+        finally:
+            request_priority.reset(priority)
 
 
 class BodyMiddleware:

@@ -31,6 +31,7 @@ from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
 from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
 from sync_server.live.hub import LiveHub
+from sync_server.pages import SharedPages
 from sync_server.ratelimit import RateLimiter
 from sync_server.security import AccessTokens, PasswordHasher
 from sync_server.settings import Settings
@@ -59,10 +60,12 @@ class Services:
     payments: PaymentProvider | None = None
     analytics: PostHogClient | None = None
     live: LiveHub = field(init=False)
+    pages: SharedPages = field(init=False)
     redis: Redis | None = None
 
     def __post_init__(self) -> None:
         self.live = LiveHub(self)
+        self.pages = SharedPages(self.settings.shared_pages_megabytes * 1024 * 1024)
 
     def track(self, distinct_id: str, event: str, **properties: Any) -> None:
         """Product analytics (PostHog), when configured; never blocks or fails a request."""

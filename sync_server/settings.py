@@ -138,7 +138,23 @@ class Settings:
     def runs_outbox_worker(self) -> bool:
         return self.outbox_worker == "on" or (self.outbox_worker == "auto" and self.is_sqlite)
 
+    # Database connections per process: the pool's size (no overflow) and the admission
+    # gate's slots; low-priority reads may use all but a reserve (storage/admission.py).
     db_pool_size: int = 10
+    # Admission control (storage/admission.py, sync_server/middleware.py). How long a
+    # low-priority read (pulls, listing reads, live catch-ups) may wait for a database slot
+    # before a 503, and how long everything else (pushes, admin, auth, webhooks) may wait.
+    admission_low_priority_wait_ms: int = 250
+    admission_wait_ms: int = 3000
+    # Low-priority HTTP requests in flight per process beyond which the edge answers 503 at
+    # once, before any work (0 = no cap). 32 = four per low-priority database slot of the
+    # default pool: a queued pull has a few ahead of it, and the event loop never holds more
+    # than a few hundred milliseconds of pull encoding ahead of an admin's edit.
+    admission_max_low_priority_in_flight: int = 32
+    # How many recent change-log entries each process keeps in memory to answer pulls and
+    # live catch-ups without the database (0 = off).
+    sync_tail_entries: int = 50_000
+    shared_pages_megabytes: int = 16
     # Where this server is reachable (browsers, phones, and the server calling itself); used
     # by the payments sandbox, which serves its pages and receives its IMN here.
     public_base_url: str = "http://127.0.0.1:8000"
@@ -223,6 +239,13 @@ class Settings:
             outbox_poll_seconds=_float(env, "OUTBOX_POLL_SECONDS", 2.0),
             outbox_lease_seconds=_float(env, "OUTBOX_LEASE_SECONDS", 60.0),
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
+            admission_low_priority_wait_ms=_int(env, "ADMISSION_LOW_PRIORITY_WAIT_MS", 250, 0),
+            admission_wait_ms=_int(env, "ADMISSION_WAIT_MS", 3000, 0),
+            admission_max_low_priority_in_flight=_int(
+                env, "ADMISSION_MAX_LOW_PRIORITY_IN_FLIGHT", 32, 0
+            ),
+            sync_tail_entries=_int(env, "SYNC_TAIL_ENTRIES", 50_000, 0),
+            shared_pages_megabytes=_int(env, "SHARED_PAGES_MB", 16, 0),
             public_base_url=public_base_url,
             payments_sandbox=_choice(env, "PAYMENTS_SANDBOX", ("on", "off"), "off") == "on",
             sentry_dsn=env.get("SENTRY_DSN") or None,

@@ -7,6 +7,7 @@ from typing import Any
 from protocol.cursor import CursorState, ForeignCursor, LogCursor
 from storage.pull import CursorExpired, PullPage, pull_page
 from storage.scopes import Principal
+from sync_server.pages import EncodedPage
 from sync_server.services import Services
 
 
@@ -33,15 +34,73 @@ async def nothing_new(services: Services, principal: Principal, state: CursorSta
     return all(head is not None and head <= state.position for head in heads)
 
 
+# How long a pull that knows of a newer commit waits for the hub's shared read of it, rather
+# than answering from a tail a few milliseconds old (which would also be correct, only later).
+TAIL_WAIT_SECONDS = 0.5
+
+
+async def tail_page(
+    services: Services, principal: Principal, position: int, limit: int, *, full_rows: bool = False
+) -> PullPage | None:
+    """The page from the process's shared tail, or None when it does not cover `position`."""
+    hub = services.live
+    if not hub.tail.covers(position):
+        hub.tail.misses += 1
+        return None
+    await wait_for_tail(services, principal)
+    return hub.tail.page(principal.scopes, position, limit, full_rows=full_rows)
+
+
+async def wait_for_tail(services: Services, principal: Principal) -> None:
+    """When a commit in the principal's scopes is known (announced) but not yet in the
+    tail, wait briefly for the hub's one shared read of it instead of answering without it."""
+    try:
+        heads = await services.feed.heads(principal.scopes)
+    except Exception:
+        return
+    newest = max((head for head in heads if head is not None), default=0)
+    if newest > services.live.tail.head:
+        await services.live.reach(newest, TAIL_WAIT_SECONDS)
+
+
+async def shared_page(
+    services: Services, principal: Principal, position: int, limit: int
+) -> EncodedPage | None:
+    """The page for a cursor at `position` when it is the same for every reader of the
+    principal's shared scope (public, or admin) — its own scope has nothing new — encoded
+    once per (scope, position, tail head, limit) for all of them. None otherwise."""
+    tail = services.live.tail
+    if not tail.covers(position):
+        return None
+    await wait_for_tail(services, principal)
+    shared_scope, *own_scopes = principal.scopes
+    if not tail.covers(position) or any(tail.has_after(scope, position) for scope in own_scopes):
+        return None
+    key = (shared_scope, position, tail.head, limit)
+    encoded = services.pages.get(key)
+    if encoded is None:
+        page = tail.page((shared_scope,), position, limit)
+        if page is None or not page.changes:
+            return None  # an empty page is a few bytes: nothing to share
+        assert isinstance(page.next_state, LogCursor)
+        encoded = EncodedPage(page.changes, page.more, page.next_state.position)
+        services.pages.put(key, encoded)
+    return encoded
+
+
 async def read_page(
     services: Services, principal: Principal, state: CursorState | None, reset: bool, limit: int
 ) -> PullPage:
-    async with services.db.read() as conn:
-        try:
-            page = await pull_page(conn, principal, state, limit)
-        except CursorExpired:
-            page = await pull_page(conn, principal, None, limit)
-            reset = True
+    page = None
+    if isinstance(state, LogCursor) and not reset:
+        page = await tail_page(services, principal, state.position, limit)
+    if page is None:
+        async with services.db.read() as conn:
+            try:
+                page = await pull_page(conn, principal, state, limit)
+            except CursorExpired:
+                page = await pull_page(conn, principal, None, limit)
+                reset = True
     page.reset = reset
     if not page.more and isinstance(page.next_state, LogCursor):
         # Nothing in scope after this position when we read it, and every later commit gets a

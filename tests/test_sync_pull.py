@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from typing import Any
 
 from protocol.cursor import CursorCodec, CursorState, LogCursor, SnapshotCursor
 from storage.changelog import prune
 from storage.db import Database
-from storage.pull import PullPage, pull_page
+from storage.pull import PullPage, log_bounds, pull_page
 from storage.scopes import Principal
 from tests.conftest import Backend
 from tests.support.api import Api, client_id, register
+from tests.support.live_server import run_in_server
 from tests.support.replica import Replica, apply_page, build, without_empty
 
 
@@ -173,6 +176,21 @@ def test_an_empty_pull_keeps_the_cursor(buyer: Api) -> None:
     assert page == {"cursor": cursor, "more": False, "reset": False, "changes": {}}
 
 
+def wait_until_pruned_in_tail(base_url: str) -> None:
+    async def floors(app: Any) -> tuple[int | None, int]:
+        services = app.state.services
+        async with services.db.read() as conn:
+            bounds = await log_bounds(conn)
+        return services.live.tail.floor, bounds.floor
+
+    for _ in range(200):
+        tail_floor, database_floor = run_in_server(base_url, floors)
+        if tail_floor is None or tail_floor >= database_floor:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server's tail never learnt of the pruning")
+
+
 def test_a_cursor_older_than_the_retention_window_gets_a_reset(
     admin: Api, buyer: Api, backend: Backend
 ) -> None:
@@ -188,6 +206,9 @@ def test_a_cursor_older_than_the_retention_window_gets_a_reset(
             await db.dispose()
 
     assert asyncio.run(prune_everything()) > 0
+    # The server's shared tail learns the new floor with its next read of the log (at most
+    # the hub's poll interval later); until then it could still answer the old cursor exactly.
+    wait_until_pruned_in_tail(buyer.base_url)
     page = buyer.get("/api/sync/pull", params={"cursor": cursor, "limit": 1000}).json()
     assert page["reset"] is True
     _, fresh = Api(buyer.base_url, buyer.token).pull_all()

@@ -1,10 +1,14 @@
-"""The per-process hub: turns "something changed" signals into frames for every session.
+"""The per-process hub: turns "something changed" signals into one read, shared by all.
 
 Pub/sub only says that *something* changed; the change log stays the truth. On a signal the
 hub reads the log window after the position it last dispatched — all scopes at once, in one
-snapshot — and hands every session that is current the part of it in its scope, encoded
-once per distinct view (see `WindowView`). A session that is behind (just connected, slow,
-or after a pub/sub gap) reads from its own cursor instead, page by page, until it is current.
+snapshot — and
+- feeds it to the process's shared tail (storage/tail.py), from which HTTP pulls, WebSocket
+  catch-ups and WatermelonDB pulls are answered without the database;
+- hands every session that is current the part of it in its scope, encoded once per
+  distinct view (see `WindowView`). A session that is behind (just connected, slow, or after
+  a pub/sub gap) reads from its own cursor instead, from the tail or the database, page by
+  page, until it is current.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING
 from storage.feed import CHANGES_CHANNEL
 from storage.pubsub import RESYNC
 from storage.pull import WindowView, log_head, read_window
+from storage.tail import ChangeTail, window_entries
 
 if TYPE_CHECKING:
     from sync_server.live.session import Session
@@ -39,6 +44,8 @@ class LiveHub:
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()
         self.overflows = 0  # slow sockets that fell back to their cursor, since start
+        self.tail = ChangeTail(services.settings.sync_tail_entries)
+        self._caught_up = asyncio.Condition()
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)
@@ -49,6 +56,8 @@ class LiveHub:
     async def run(self) -> None:
         async with self.services.db.read() as conn:
             self.position = await log_head(conn)
+        if self.tail.enabled:
+            self.tail.start_at(self.position)
         async with self.services.pubsub.subscribe(CHANGES_CHANNEL) as inbox:
             listener = asyncio.create_task(self._listen(inbox))
             self.ready.set()
@@ -81,7 +90,7 @@ class LiveHub:
             session.fall_behind()
 
     async def dispatch(self) -> None:
-        if not self.sessions:
+        if not self.sessions and not self.tail.enabled:
             async with self.services.db.read() as conn:
                 head = await log_head(conn)
             if not self.sessions:
@@ -91,12 +100,20 @@ class LiveHub:
             # after our old position must reach it as a window, not be jumped over.
         async with self.services.db.read() as conn:
             window = await read_window(conn, self.position, WINDOW_LIMIT)
+        self.tail.raise_floor(window.floor)
         if window.end <= self.position:
             return
         if window.overflow:
+            # More than one shared read carries: readers behind it use the database until the
+            # tail has filled again from here.
+            if self.tail.enabled:
+                self.tail.start_at(window.end)
             self._everyone_behind()
             self.position = window.end
+            await self._announce_position()
             return
+        # The tail first: a session that falls behind below reads from it at once.
+        self.tail.feed(window, window_entries(window))
         view = WindowView(window)
         for session in list(self.sessions):
             if session.behind or session.position < window.start:
@@ -109,3 +126,21 @@ class LiveHub:
             changes = view.changes_json(session.principal)
             session.advance(window.end, changes)
         self.position = window.end
+        await self._announce_position()
+
+    async def _announce_position(self) -> None:
+        async with self._caught_up:
+            self._caught_up.notify_all()
+
+    async def reach(self, position: int, wait_seconds: float) -> bool:
+        """Wait (briefly) until the hub has read up to `position`: a pull that knows of a
+        newer commit shares the hub's next read instead of making its own."""
+        if self.position >= position:
+            return True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(wait_seconds), self._caught_up:
+                await self._caught_up.wait_for(lambda: self.position >= position)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,165 @@
+"""Admission control for the database: a priority-aware gate sized to the connection pool.
+
+Every transaction (`Database.read()` / `write()`) takes one of the gate's slots before it
+checks a connection out, and the pool has exactly as many connections as the gate has slots
+(`DB_POOL_SIZE`, no overflow). So the pool never opens a connection per request past its size
+and never queues a request for its 10-30 s pool timeout: the gate does the queueing, briefly,
+and sheds what it cannot serve soon with a 503 + `Retry-After`.
+
+Two priorities:
+- `LOW`: work a phone repeats anyway and that costs the user nothing to retry (pulls,
+  WatermelonDB pulls, listing search and reads, live catch-up reads). It may use at most
+  `low_slots` (the pool minus a reserve) and waits at most `low_wait` seconds.
+- `NORMAL`: everything else (pushes, admin actions, auth, payment webhooks, background jobs).
+  It may use every slot, is served before queued `LOW` work, and waits up to `wait`.
+
+The priority comes from a context variable the HTTP edge sets per request from its method and
+path (`sync_server.middleware`), so no call site passes it; a write is always `NORMAL`
+(writing is what a push or an admin did, whatever connection it arrived on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+
+from sync_server.errors import ServiceUnavailable
+
+
+class Priority(enum.IntEnum):
+    LOW = 0
+    NORMAL = 1
+
+
+# Set by the HTTP edge for the request being served; background work (the live hub, pruning,
+# the outbox worker, command-line tools) never sets it and runs as NORMAL.
+request_priority: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "request_priority", default=Priority.NORMAL
+)
+
+
+class Overloaded(ServiceUnavailable):
+    """Shed by admission control: nothing was done; retry after `Retry-After` seconds."""
+
+    code = "overloaded"
+    default_message = "The server is busy right now; nothing was changed. Retry shortly."
+
+
+def reserved_slots(slots: int) -> int:
+    """Slots only NORMAL work may take: a quarter of the pool, at least one (none for a pool
+    of one, where LOW work must still be able to run at all)."""
+    return 0 if slots < 2 else max(1, slots // 4)
+
+
+class AdmissionGate:
+    """A counting semaphore with two priorities and bounded, shedding waits.
+
+    A released slot goes straight to the longest-waiting NORMAL waiter, else (if the LOW share
+    allows) to the longest-waiting LOW one; newcomers never overtake queued waiters.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        *,
+        low_wait: float = 0.25,
+        wait: float = 3.0,
+        low_slots: int | None = None,
+    ) -> None:
+        self.slots = max(1, slots)
+        self.low_slots = (
+            self.slots - reserved_slots(self.slots)
+            if low_slots is None
+            else max(1, min(self.slots, low_slots))
+        )
+        self.low_wait = low_wait
+        self.wait = wait
+        self.in_use = 0
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),  # LOW
+            deque(),  # NORMAL
+        )
+        # Hooks for metrics (storage does not know about Prometheus): called with the priority
+        # of a shed request, and with the priority and seconds of every wait that was needed.
+        self.on_shed: Callable[[Priority], None] | None = None
+        self.on_wait: Callable[[Priority, float], None] | None = None
+
+    def configure(
+        self,
+        *,
+        low_wait: float,
+        wait: float,
+        on_shed: Callable[[Priority], None] | None = None,
+        on_wait: Callable[[Priority, float], None] | None = None,
+    ) -> None:
+        self.low_wait, self.wait = low_wait, wait
+        self.on_shed, self.on_wait = on_shed, on_wait
+
+    def waiting(self, priority: Priority) -> int:
+        return sum(1 for future in self._waiting[priority] if not future.done())
+
+    def _may_enter(self, priority: Priority) -> bool:
+        if self._waiting[Priority.NORMAL]:
+            return False  # queued NORMAL work goes first, whoever arrives
+        if priority is Priority.NORMAL:
+            return self.in_use < self.slots
+        return self.in_use < self.low_slots and not self._waiting[Priority.LOW]
+
+    async def acquire(self, priority: Priority) -> None:
+        if self._may_enter(priority):
+            self.in_use += 1
+            return
+        wait = self.low_wait if priority is Priority.LOW else self.wait
+        if wait <= 0:
+            self._shed(priority)
+        queue = self._waiting[priority]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(future)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(wait):
+                await future
+        except TimeoutError:
+            if not (future.done() and not future.cancelled()):
+                _discard(queue, future)
+                self._shed(priority)
+            # else: the slot was handed over just as the wait ran out; keep it.
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # handed over, but our caller is gone: pass it on
+            else:
+                _discard(queue, future)
+            raise
+        if self.on_wait is not None:
+            self.on_wait(priority, time.monotonic() - started)
+
+    def release(self) -> None:
+        # Hand the slot over without decrementing, so nobody can barge in between.
+        normal, low = self._waiting[Priority.NORMAL], self._waiting[Priority.LOW]
+        while normal:
+            future = normal.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        if self.in_use <= self.low_slots:
+            while low:
+                future = low.popleft()
+                if not future.done():
+                    future.set_result(None)
+                    return
+        self.in_use -= 1
+
+    def _shed(self, priority: Priority) -> None:
+        if self.on_shed is not None:
+            self.on_shed(priority)
+        raise Overloaded(retry_after=1)
+
+
+def _discard(queue: deque[asyncio.Future[None]], future: asyncio.Future[None]) -> None:
+    with contextlib.suppress(ValueError):
+        queue.remove(future)

@@ -1,0 +1,267 @@
+"""The shared tail: the recent change log and the rows it names, in memory, once per process.
+
+Every phone behind the same catalogue asks for nearly the same thing: the changes after its
+cursor. Reading them from the database per phone costs a round trip, a log scan and a row
+read per pull, thousands of times per commit. The systems built for many clients read once
+per change instead (Electric's shape log served at an offset, PowerSync's checkpoint
+broadcast, Centrifugo's in-memory history with offset and epoch); this is ours.
+
+The live hub reads each committed window once (it already did, for WebSocket frames) and
+feeds it here: the entries, per scope, and the current rows they name. A pull, a WebSocket
+catch-up or a WatermelonDB pull whose cursor lies inside the tail is answered from memory
+with the same decisions `storage.pull` makes from the database — membership as of the page's
+end, `patch` only for rows the client holds, held back when a row left after a full page —
+and no query at all. A cursor older than the tail, a fresh process, or a window the hub
+could not read whole falls back to the database path: the tail is an accelerator, never the
+truth.
+
+Why it is exact, not approximate: a window is read in one snapshot up to the newest
+committed position, and positions become visible strictly in order (storage/changelog.py),
+so after feeding a window the tail holds *every* entry in (floor, head] and each row as it
+is at `head`. Entries are evicted oldest first past `max_entries` (raising the floor), and a
+row is dropped with the last entry that names it, so memory is bounded by the setting.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.cursor import LogCursor
+from storage.changelog import LEFT
+from storage.pull import PullPage, RowChanges, TableChanges, Window, add_change
+from storage.synced import BY_NAME
+
+RowKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TailEntry:
+    position: int
+    scope: str
+    table: str
+    row_id: str
+    kind: int
+    fields: str
+
+
+class _ScopeLog:
+    """One scope's entries in position order; evicted from the front without copying."""
+
+    __slots__ = ("entries", "positions", "start")
+
+    def __init__(self) -> None:
+        self.entries: list[TailEntry] = []
+        self.positions: list[int] = []
+        self.start = 0
+
+    def append(self, entry: TailEntry) -> None:
+        self.entries.append(entry)
+        self.positions.append(entry.position)
+
+    def after(self, position: int) -> list[TailEntry]:
+        index = max(self.start, bisect_right(self.positions, position))
+        return self.entries[index:]
+
+    def any_after(self, position: int) -> bool:
+        return bool(self.positions) and self.positions[-1] > position and len(self) > 0
+
+    def evict_to(self, floor: int) -> None:
+        index = max(self.start, bisect_right(self.positions, floor))
+        self.start = index
+        if self.start > 1024 and self.start * 2 > len(self.entries):
+            del self.entries[: self.start]
+            del self.positions[: self.start]
+            self.start = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) - self.start
+
+
+class ChangeTail:
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        # Every entry in (floor, head] is here; None until the first window arrives.
+        self.floor: int | None = None
+        self.head = 0
+        self._order: list[TailEntry] = []  # all entries, position order (eviction)
+        self._order_start = 0
+        self._scopes: dict[str, _ScopeLog] = {}
+        self._rows: dict[RowKey, Any] = {}  # the row as of `head`; None: gone
+        self._row_refs: dict[RowKey, int] = defaultdict(int)
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_entries > 0
+
+    def __len__(self) -> int:
+        return len(self._order) - self._order_start
+
+    # -- feeding (the hub, once per committed window) ----------------------------------------
+
+    def start_at(self, position: int) -> None:
+        """Begin (or begin again, after a gap) empty at a position every later window follows."""
+        self._order, self._order_start = [], 0
+        self._scopes.clear()
+        self._rows.clear()
+        self._row_refs.clear()
+        self.floor = self.head = position
+
+    def feed(self, window: Window, entries: Iterable[TailEntry]) -> None:
+        """Add a window read whole in one snapshot: its entries and the rows they name."""
+        if not self.enabled:
+            return
+        if self.floor is None or window.start != self.head:
+            # Not contiguous with what we hold (first window, or the hub skipped a range):
+            # only what this window covers is known.
+            self.start_at(window.start)
+        for entry in entries:
+            self._order.append(entry)
+            scope_log = self._scopes.get(entry.scope)
+            if scope_log is None:
+                scope_log = self._scopes[entry.scope] = _ScopeLog()
+            scope_log.append(entry)
+            self._row_refs[(entry.table, entry.row_id)] += 1
+        for key in window.entries:
+            self._rows[key] = window.rows.get(key)
+        self.head = window.end
+        self._evict()
+
+    def raise_floor(self, floor: int) -> None:
+        """The database pruned its log up to `floor`: a cursor below it is expired there, so
+        it is here too (every instance answers it the same way: with a reset snapshot)."""
+        if self.floor is None or floor <= self.floor:
+            return
+        if floor > self.head:
+            self.floor = None  # pruned past what we hold (a restore?): start again
+            return
+        held = self._order[self._order_start :]
+        self._drop(bisect_right([entry.position for entry in held], floor))
+        self.floor = floor
+
+    def _evict(self) -> None:
+        excess = len(self) - self.max_entries
+        if excess > 0:
+            self.floor = self._order[self._order_start + excess - 1].position
+            self._drop(excess)
+
+    def _drop(self, count: int) -> None:
+        """Forget the oldest `count` entries, and the rows no remaining entry names."""
+        if count <= 0:
+            return
+        dropped = self._order[self._order_start : self._order_start + count]
+        self._order_start += count
+        if self._order_start > 4096 and self._order_start * 2 > len(self._order):
+            del self._order[: self._order_start]
+            self._order_start = 0
+        through = dropped[-1].position
+        for entry in dropped:
+            key = (entry.table, entry.row_id)
+            refs = self._row_refs[key] - 1
+            if refs:
+                self._row_refs[key] = refs
+            else:
+                del self._row_refs[key]
+                self._rows.pop(key, None)
+        for scope in {entry.scope for entry in dropped}:
+            scope_log = self._scopes[scope]
+            scope_log.evict_to(through)
+            if not scope_log:
+                del self._scopes[scope]
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def covers(self, position: int) -> bool:
+        return self.floor is not None and self.floor <= position <= self.head
+
+    def has_after(self, scope: str, position: int) -> bool:
+        """Whether `scope` has an entry after `position` (a covered one)."""
+        scope_log = self._scopes.get(scope)
+        return scope_log is not None and scope_log.any_after(position)
+
+    def _since(self, scopes: Iterable[str], position: int) -> Iterator[TailEntry]:
+        streams = [
+            scope_log.after(position)
+            for scope in scopes
+            if (scope_log := self._scopes.get(scope)) is not None
+        ]
+        if len(streams) == 1:
+            return iter(streams[0])
+        return heapq.merge(*streams, key=lambda entry: entry.position)
+
+    def page(
+        self, scopes: tuple[str, ...], after: int, limit: int, *, full_rows: bool = False
+    ) -> PullPage | None:
+        """The page `storage.pull` would answer for a cursor at `after`, or None when the
+        tail does not hold everything after it (then the database answers)."""
+        if not self.covers(after):
+            self.misses += 1
+            return None
+        self.hits += 1
+        grouped: dict[RowKey, RowChanges] = {}
+        position = after
+        more = False
+        for entry in self._since(scopes, after):
+            key = (entry.table, entry.row_id)
+            row_changes = grouped.get(key)
+            if row_changes is None:
+                if len(grouped) >= limit:
+                    more = True
+                    break
+                row_changes = grouped[key] = RowChanges()
+            row_changes.note(entry.scope, entry.kind, entry.fields)
+            position = entry.position
+        if not more:
+            position = self.head
+        left_since = self._left_after(scopes, position, grouped) if more else set()
+        own_scopes = set(scopes)
+        changes: dict[str, TableChanges] = {}
+        for key, seen in grouped.items():
+            table_name, row_id = key
+            table = BY_NAME[table_name]
+            row = self._rows.get(key)
+            # The same decisions as storage.pull._log_page, from the rows as they are at
+            # `head` (the database path reads them as they are at its own snapshot).
+            if not seen.held_at_end:
+                add_change(changes, table_name, "del", row_id)
+            elif key in left_since or row is None or not (table.row_scopes(row) & own_scopes):
+                continue
+            elif seen.entered:
+                add_change(changes, table_name, "put", table.encode(row))
+            elif full_rows:
+                add_change(changes, table_name, "patch", table.encode(row))
+            else:
+                patch = table.encode_fields(row, sorted(seen.fields))
+                if len(patch) > 1:
+                    add_change(changes, table_name, "patch", patch)
+        return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
+
+    def _left_after(
+        self, scopes: tuple[str, ...], after: int, grouped: dict[RowKey, RowChanges]
+    ) -> set[RowKey]:
+        held = {key for key, seen in grouped.items() if seen.held_at_end}
+        if not held:
+            return set()
+        return {
+            (entry.table, entry.row_id)
+            for entry in self._since(scopes, after)
+            if entry.kind == LEFT and (entry.table, entry.row_id) in held
+        }
+
+
+def window_entries(window: Window) -> list[TailEntry]:
+    """A window's entries in position order (the window groups them by row)."""
+    return sorted(
+        (
+            TailEntry(entry.position, entry.scope, table, row_id, entry.kind, entry.fields)
+            for (table, row_id), entries in window.entries.items()
+            for entry in entries
+        ),
+        key=lambda entry: entry.position,
+    )

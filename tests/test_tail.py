@@ -1,0 +1,313 @@
+"""The shared tail: pulls inside it cost no database query, and say exactly what the database
+path would say; a cursor outside it falls back to the database."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from protocol.cursor import LogCursor
+from storage.pull import Window, _Entry, log_head, pull_page
+from storage.scopes import PUBLIC, Principal
+from storage.tail import ChangeTail, window_entries
+from sync_server.app import create_app
+from tests.conftest import ADMIN_PASSWORD, Backend
+from tests.support.api import Api, client_id, login, register
+from tests.support.live_server import run_in_server, serve_in_thread
+from tests.support.queries import statements
+
+
+def hub_state(base_url: str) -> tuple[int, int | None, int]:
+    """(hub position, tail floor, log head) of an in-process server."""
+
+    async def read(app: Any) -> tuple[int, int | None, int]:
+        services = app.state.services
+        async with services.db.read() as conn:
+            head = await log_head(conn)
+        return services.live.position, services.live.tail.floor, head
+
+    return run_in_server(base_url, read)
+
+
+def wait_for_hub(base_url: str) -> None:
+    """Until the server's hub has read every committed change (one shared read per commit)."""
+    for _ in range(400):
+        position, _floor, head = hub_state(base_url)
+        if position >= head:
+            return
+        time.sleep(0.025)
+    pytest.fail("the hub never read the newest commits")
+
+
+@pytest.fixture
+def own_server(backend: Backend, admin_email: str) -> Iterator[str]:
+    """A server of this test's own, so its tail starts where the test says."""
+    with serve_in_thread(create_app(backend.settings())) as base_url:
+        yield base_url
+
+
+def test_a_pull_inside_the_tail_reads_nothing_from_the_database(
+    own_server: str, admin_email: str
+) -> None:
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    buyer = register(own_server, "tailbuyer")
+    listings = [admin.create_listing(title=f"Tail {n}", stock=10) for n in range(3)]
+    cursor, _ = buyer.pull_all()
+    for listing in listings:
+        assert admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 7}).is_success
+    order = buyer.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": "ord-" + secrets.token_hex(6),
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listings[0]["id"],
+                            "quantity": 2,
+                        }
+                    ],
+                },
+            }
+        ],
+    )
+    assert order.json()["results"][0]["ok"]
+    wait_for_hub(own_server)
+    with statements(own_server, lambda _sql, _parameters: True) as seen:
+        page = buyer.get("/api/sync/pull", params={"cursor": cursor}).json()
+    assert seen == []
+    stocks = {row["id"]: row["stock"] for row in page["changes"]["listings"]["patch"]}
+    assert stocks == {listings[0]["id"]: 5, listings[1]["id"]: 7, listings[2]["id"]: 7}
+    assert len(page["changes"]["orders"]["put"]) == 1  # the buyer's own scope, from memory too
+    assert not page["more"]
+
+
+def test_a_cursor_older_than_the_tail_falls_back_to_the_database(
+    backend: Backend, admin_email: str
+) -> None:
+    with serve_in_thread(create_app(backend.settings(SYNC_TAIL_ENTRIES="4"))) as server:
+        admin = login(server, admin_email, ADMIN_PASSWORD)
+        buyer = register(server, "oldcursor")
+        listing = admin.create_listing(title="Vieux curseur", stock=50)
+        cursor, _ = buyer.pull_all()
+        for stock in range(40, 30, -1):  # far more entries than the tail keeps
+            admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": stock})
+        wait_for_hub(server)
+        _position, floor, _head = hub_state(server)
+        assert floor is not None and floor > 0
+        with statements(server, lambda sql, _parameters: "change_log" in sql) as seen:
+            page = buyer.get("/api/sync/pull", params={"cursor": cursor}).json()
+        assert seen, "an old cursor must be answered by the database"
+        [patch] = page["changes"]["listings"]["patch"]
+        assert (patch["id"], patch["stock"]) == (listing["id"], 31)
+
+
+def test_tail_pages_are_the_database_pages(own_server: str, admin_email: str) -> None:
+    """Random writes of every kind, then every cursor the tail covers, several page sizes,
+    three readers: the tail's page must equal the database's, field for field."""
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    buyers = [register(own_server, f"tailcmp{n}") for n in range(2)]
+    rng = random.Random(7)
+    listings = [
+        admin.create_listing(title=f"Cmp {n}", stock=30, status=rng.choice(["published", "draft"]))
+        for n in range(6)
+    ]
+    orders: list[tuple[Api, str]] = []
+    devices = {id(buyer): client_id() for buyer in buyers}
+    mutation_ids = {id(buyer): iter(range(1, 1000)) for buyer in buyers}
+    for _ in range(60):
+        listing = rng.choice(listings)
+        buyer = rng.choice(buyers)
+        action = rng.random()
+        if action < 0.3:
+            admin.patch(
+                f"/api/admin/listings/{listing['id']}",
+                json={rng.choice(["stock", "price"]): rng.randint(1, 40) * 100},
+            )
+        elif action < 0.45:
+            admin.patch(
+                f"/api/admin/listings/{listing['id']}",
+                json={"status": rng.choice(["published", "draft"])},
+            )
+        elif action < 0.7:
+            order_id = "ord-" + secrets.token_hex(6)
+            buyer.push(
+                devices[id(buyer)],
+                [
+                    {
+                        "id": next(mutation_ids[id(buyer)]),
+                        "name": "purchase_request",
+                        "args": {
+                            "order_id": order_id,
+                            "payment_method": "cod",
+                            "items": [
+                                {
+                                    "item_id": "itm-" + secrets.token_hex(6),
+                                    "listing_id": listing["id"],
+                                    "quantity": 1,
+                                }
+                            ],
+                        },
+                    }
+                ],
+            )
+            orders.append((buyer, order_id))
+        elif action < 0.85 and orders:
+            owner, order_id = rng.choice(orders)
+            admin.put(f"/api/admin/orders/{order_id}/reject", json={"reason": "no"})
+        elif orders:
+            owner, order_id = rng.choice(orders)
+            owner.push(
+                devices[id(owner)],
+                [
+                    {
+                        "id": next(mutation_ids[id(owner)]),
+                        "name": "cancel_order",
+                        "args": {"order_id": order_id},
+                    }
+                ],
+            )
+    wait_for_hub(own_server)
+    readers = [Principal(api.user["id"], api.user["role"]) for api in [admin, *buyers]]
+
+    async def compare(app: Any) -> int:
+        services = app.state.services
+        tail = services.live.tail
+        assert tail.floor is not None
+        compared = 0
+        async with services.db.read() as conn:
+            assert await log_head(conn) == tail.head  # nothing committed meanwhile
+            for principal in readers:
+                for after in range(tail.floor, tail.head + 1):
+                    for limit in (1, 3, 200):
+                        for full_rows in (False, True):
+                            memory = tail.page(principal.scopes, after, limit, full_rows=full_rows)
+                            database = await pull_page(
+                                conn, principal, LogCursor(after), limit, full_rows=full_rows
+                            )
+                            assert memory is not None
+                            assert (memory.changes, memory.next_state, memory.more) == (
+                                database.changes,
+                                database.next_state,
+                                database.more,
+                            ), (principal, after, limit, full_rows)
+                            compared += 1
+        return compared
+
+    assert run_in_server(own_server, compare, timeout=300) > 1000
+
+
+def pages_counters(base_url: str) -> tuple[int, int]:
+    async def read(app: Any) -> tuple[int, int]:
+        pages = app.state.services.pages
+        return pages.hits, pages.misses
+
+    return run_in_server(base_url, read)
+
+
+@pytest.mark.parametrize("encoding", ["br", "gzip", "identity"])
+def test_phones_at_one_position_share_one_encoded_page(
+    own_server: str, admin_email: str, encoding: str
+) -> None:
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    phones = [register(own_server, f"sharer{n}") for n in range(3)]
+    listings = [admin.create_listing(title=f"Partagé {n}", stock=40) for n in range(12)]
+    wait_for_hub(own_server)
+    # Everyone at one position: the head (an empty pull of an up-to-date cursor keeps it).
+    cursors = {id(phone): phone.pull_all()[0] for phone in phones}
+    for listing in listings:
+        admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 39})
+    wait_for_hub(own_server)
+    hits, misses = pages_counters(own_server)
+    pages = []
+    for phone in phones:
+        response = phone.get(
+            "/api/sync/pull",
+            params={"cursor": cursors[id(phone)]},
+            headers={"accept-encoding": encoding},
+        )
+        assert response.status_code == 200
+        assert response.headers.get("content-encoding", "identity") == encoding
+        pages.append(response.json())  # httpx decodes br and gzip like a phone's client
+    assert pages_counters(own_server) == (hits + len(phones) - 1, misses + 1)
+    changes = [page["changes"] for page in pages]
+    assert changes[0] == changes[1] == changes[2]
+    assert {row["id"]: row["stock"] for row in changes[0]["listings"]["patch"]} == {
+        listing["id"]: 39 for listing in listings
+    }
+    # Each phone's cursor is its own, and works only for it.
+    assert len({page["cursor"] for page in pages}) == len(phones)
+    for phone, page in zip(phones, pages, strict=True):
+        again = phone.get("/api/sync/pull", params={"cursor": page["cursor"]}).json()
+        assert again == {"cursor": page["cursor"], "more": False, "reset": False, "changes": {}}
+    stranger = phones[1].get("/api/sync/pull", params={"cursor": pages[0]["cursor"]}).json()
+    assert stranger["reset"] is True
+
+
+def test_a_phone_with_changes_of_its_own_gets_its_own_page(
+    own_server: str, admin_email: str
+) -> None:
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    buyer, other = register(own_server, "ownpage"), register(own_server, "otherpage")
+    listing = admin.create_listing(title="À moi", stock=40)
+    wait_for_hub(own_server)
+    mine, theirs = buyer.pull_all()[0], other.pull_all()[0]
+    order_id = "ord-" + secrets.token_hex(6)
+    buyer.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listing["id"],
+                            "quantity": 1,
+                        }
+                    ],
+                },
+            }
+        ],
+    )
+    wait_for_hub(own_server)
+    own = buyer.get("/api/sync/pull", params={"cursor": mine}).json()
+    shared = other.get("/api/sync/pull", params={"cursor": theirs}).json()
+    assert [row["id"] for row in own["changes"]["orders"]["put"]] == [order_id]
+    assert "orders" not in shared["changes"]
+    assert own["changes"]["listings"] == shared["changes"]["listings"]
+
+
+def test_the_tail_keeps_at_most_its_setting_and_forgets_rows_with_their_last_entry() -> None:
+    tail = ChangeTail(max_entries=100)
+    tail.start_at(0)
+    position = 0
+    for _ in range(50):
+        entries: dict[tuple[str, str], list[Any]] = {}
+        for _step in range(7):
+            position += 1
+            key = ("listings", f"row-{position % 40}")  # rows touched again and again
+            entries.setdefault(key, []).append(_Entry(position, PUBLIC, 0, "stock"))
+        window = Window(
+            position - 7, position, entries, {key: {"id": key[1]} for key in entries}, False
+        )
+        tail.feed(window, window_entries(window))
+        assert len(tail) <= 100
+        assert tail.floor is not None and tail.head == position
+        assert tail.covers(tail.floor) and not tail.covers(tail.floor - 1)
+    held_rows = {f"row-{p % 40}" for p in range(tail.floor + 1, position + 1)}
+    assert set(key[1] for key in tail._rows) == held_rows
+    tail.raise_floor(position - 10)  # the database pruned its log
+    assert len(tail) == 10 and tail.floor == position - 10
