@@ -177,7 +177,7 @@ class Profiler:
         out = Path(tempfile.mkdtemp()) / "stacks.txt"
         process = subprocess.Popen(
             [
-                "py-spy",
+                shutil.which("py-spy") or str(Path(sys.prefix) / "bin" / "py-spy"),
                 "record",
                 "--pid",
                 str(self.pid),

@@ -54,11 +54,11 @@ async def tail_page(
 async def wait_for_tail(services: Services, principal: Principal) -> None:
     """When a commit in the principal's scopes is known (announced) but not yet in the
     tail, wait briefly for the hub's one shared read of it instead of answering without it."""
-    try:
-        heads = await services.feed.heads(principal.scopes)
-    except Exception:
-        return
-    newest = max((head for head in heads if head is not None), default=0)
+    # This process's own knowledge only (its commits and pub/sub announcements): the hub reads
+    # what this process has heard of, so asking the shared cache would add a round trip for
+    # nothing the hub could act on.
+    local = services.feed.local
+    newest = max((local.get(scope) or 0 for scope in principal.scopes), default=0)
     if newest > services.live.tail.head:
         await services.live.reach(newest, TAIL_WAIT_SECONDS)
 
@@ -85,6 +85,11 @@ async def shared_page(
         assert isinstance(page.next_state, LogCursor)
         encoded = EncodedPage(page.changes, page.more, page.next_state.position)
         services.pages.put(key, encoded)
+    if not encoded.more:
+        # Nothing in any of its scopes after this position (the tail holds every entry up to
+        # it): the next poll from here is answered by the fast path.
+        for scope in principal.scopes:
+            services.feed.local.raise_to(scope, encoded.next_position)
     return encoded
 
 
