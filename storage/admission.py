@@ -43,6 +43,15 @@ request_priority: contextvars.ContextVar[Priority] = contextvars.ContextVar(
 )
 
 
+# Set by work that waits for a database slot on behalf of a connection already open (a live
+# socket's catch-up): LOW work may queue this long instead of the short request budget. The
+# phone is waiting for frames, not for an HTTP answer, and shedding it would only make it
+# reconnect and do its handshake and catch-up again.
+low_priority_patience: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "low_priority_patience", default=None
+)
+
+
 class Overloaded(ServiceUnavailable):
     """Shed by admission control: nothing was done; retry after `Retry-After` seconds."""
 
@@ -114,7 +123,10 @@ class AdmissionGate:
         if self._may_enter(priority):
             self.in_use += 1
             return
-        wait = self.low_wait if priority is Priority.LOW else self.wait
+        wait = self.wait
+        if priority is Priority.LOW:
+            patience = low_priority_patience.get()
+            wait = self.low_wait if patience is None else patience
         if wait <= 0:
             self._shed(priority)
         queue = self._waiting[priority]

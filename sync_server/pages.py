@@ -14,21 +14,26 @@ plain parts of those formats that any decoder reads: the phone receives one ordi
 brotli stream. The suffix is a few dozen incompressible bytes, so nothing is lost by not
 compressing it; the saving is the whole compression of the page, per phone.
 
-Bounded by bytes, least recently used first out. The work is synchronous (no await between
-the lookup and the fill), so concurrent misses for one key in a process cannot happen: the
-first request builds, the others find it.
+Snapshot pages (a first sync) are shared the same way while they hold only listings: every
+phone starting a snapshot from the same position reads the same catalogue pages.
+
+Bounded by bytes, least recently used first out. Concurrent misses for one key share one
+build (`shared`): the first request builds, the others wait for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
 
 import brotli
 import orjson
+
+from protocol.cursor import CursorState
+from storage.pull import PullPage
 
 # Below this the bytes saved do not pay for the decoder's work (as the compression middleware).
 MIN_COMPRESS_BYTES = 512
@@ -37,23 +42,44 @@ BROTLI_LAST_EMPTY = b"\x03"  # ISLAST=1, ISLASTEMPTY=1
 
 
 class EncodedPage:
-    """One page's shared bytes, with each encoding built the first time it is asked for."""
+    """One shared page, with its JSON and each encoding built the first time asked for."""
 
-    __slots__ = ("_brotli", "_gzip", "charge", "more", "next_position", "prefix")
+    __slots__ = ("_brotli", "_frame", "_gzip", "_prefix", "charge", "page")
 
-    def __init__(self, changes: dict[str, Any], more: bool, next_position: int) -> None:
-        self.prefix = (
-            b'{"changes":'
-            + orjson.dumps(changes)
-            + (b',"more":true' if more else b',"more":false')
-            + b',"reset":false,"cursor":"'
-        )
-        self.more = more
-        self.next_position = next_position
+    def __init__(self, page: PullPage) -> None:
+        self.page = page  # shared: never mutated (a reset answer is a copy)
+        self._prefix: bytes | None = None
+        self._frame: str | None = None
         self._gzip: tuple[bytes, int] | None = None
         self._brotli: bytes | None = None
-        # What it may come to hold: the prefix and two compressed forms, each smaller.
-        self.charge = 3 * len(self.prefix)
+        # What it may come to hold: the page, its JSON and two compressed forms, each smaller
+        # than the JSON; estimated from the row count so nothing is encoded before it is used.
+        self.charge = 1024 + 3000 * max(page.rows, 1)
+
+    @property
+    def more(self) -> bool:
+        return self.page.more
+
+    @property
+    def next_state(self) -> CursorState:
+        return self.page.next_state
+
+    @property
+    def prefix(self) -> bytes:
+        if self._prefix is None:
+            self._prefix = (
+                b'{"changes":'
+                + orjson.dumps(self.page.changes)
+                + (b',"more":true' if self.page.more else b',"more":false')
+                + b',"reset":false,"cursor":"'
+            )
+        return self._prefix
+
+    def frame(self, cursor: str) -> str:
+        """The same page as a live `changes` frame (WebSocket catch-up)."""
+        if self._frame is None:
+            self._frame = '{"type":"changes",' + self.prefix[1:].decode()
+        return self._frame + cursor + '"}'
 
     def body(self, cursor: str, accept_encoding: str) -> tuple[bytes, str | None]:
         """The response body for one phone, and its Content-Encoding (None: identity)."""
@@ -94,6 +120,7 @@ class SharedPages:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._pages: OrderedDict[Hashable, EncodedPage] = OrderedDict()
+        self._building: dict[Hashable, asyncio.Future[EncodedPage | None]] = {}
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -118,6 +145,38 @@ class SharedPages:
         while self._bytes > self.max_bytes and self._pages:
             _key, oldest = self._pages.popitem(last=False)
             self._bytes -= oldest.charge
+
+    async def shared(
+        self, key: Hashable, build: Callable[[], Awaitable[tuple[EncodedPage, bool]]]
+    ) -> EncodedPage:
+        """The page under `key`, built once however many ask for it at the same time (a
+        storm of first syncs must not read the same catalogue page a thousand times).
+
+        `build` returns the page and whether it may be shared: a page that also holds the
+        builder's own rows is returned to the builder only, and each waiter builds its own."""
+        page = self.get(key)
+        if page is not None:
+            return page
+        pending = self._building.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            page, _shareable = await build()
+            return page
+        future: asyncio.Future[EncodedPage | None] = asyncio.get_running_loop().create_future()
+        self._building[key] = future
+        try:
+            page, shareable = await build()
+        except BaseException:
+            future.set_result(None)  # waiters try for themselves
+            raise
+        finally:
+            del self._building[key]
+        if shareable:
+            self.put(key, page)
+        future.set_result(page if shareable else None)
+        return page
 
     def __len__(self) -> int:
         return len(self._pages)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from protocol.cursor import CursorState, ForeignCursor, LogCursor
+from protocol.cursor import CursorState, ForeignCursor, LogCursor, SnapshotCursor
 from storage.pull import CursorExpired, PullPage, pull_page
 from storage.scopes import Principal
 from sync_server.pages import EncodedPage
@@ -76,21 +77,64 @@ async def shared_page(
     shared_scope, *own_scopes = principal.scopes
     if not tail.covers(position) or any(tail.has_after(scope, position) for scope in own_scopes):
         return None
-    key = (shared_scope, position, tail.head, limit)
+    key = ("log", shared_scope, position, tail.head, limit)
     encoded = services.pages.get(key)
     if encoded is None:
         page = tail.page((shared_scope,), position, limit)
         if page is None or not page.changes:
             return None  # an empty page is a few bytes: nothing to share
-        assert isinstance(page.next_state, LogCursor)
-        encoded = EncodedPage(page.changes, page.more, page.next_state.position)
+        encoded = EncodedPage(page)
         services.pages.put(key, encoded)
-    if not encoded.more:
+    next_state = encoded.next_state
+    if not encoded.more and isinstance(next_state, LogCursor):
         # Nothing in any of its scopes after this position (the tail holds every entry up to
         # it): the next poll from here is answered by the fast path.
         for scope in principal.scopes:
-            services.feed.local.raise_to(scope, encoded.next_position)
+            services.feed.local.raise_to(scope, next_state.position)
     return encoded
+
+
+async def shared_snapshot_page(
+    services: Services, principal: Principal, state: SnapshotCursor | None, limit: int
+) -> EncodedPage | None:
+    """A first-sync page that holds only catalogue rows is the same for every phone starting
+    from the same position: read from the database once, shared. Phones starting a snapshot
+    within a few seconds start it at one position (`LiveHub.snapshot_origin`: any committed
+    position is a valid start, the log replays what came after it)."""
+    if state is None:
+        origin = services.live.snapshot_origin()
+        if origin is None:
+            return None
+        state = SnapshotCursor(origin, 0, "")
+    if state.table_index != 0:
+        return None  # past the catalogue: the phone's own rows
+    key = ("snapshot", principal.scopes[0], state.head, state.last_id, limit)
+    start = state
+
+    async def build() -> tuple[EncodedPage, bool]:
+        async with services.db.read() as conn:
+            page = await pull_page(conn, principal, start, limit)
+        following = page.next_state
+        # Shared only while it holds nothing but catalogue rows: the page where the
+        # catalogue ends and the phone's own rows begin is its own.
+        shareable = (
+            page.more and isinstance(following, SnapshotCursor) and following.table_index == 0
+        )
+        return EncodedPage(page), shareable
+
+    try:
+        return await services.pages.shared(key, build)
+    except CursorExpired:
+        return None
+
+
+async def shared_page_at(
+    services: Services, principal: Principal, state: CursorState | None, limit: int
+) -> EncodedPage | None:
+    """The shared page for any cursor state (log or snapshot), or None."""
+    if isinstance(state, LogCursor):
+        return await shared_page(services, principal, state.position, limit)
+    return await shared_snapshot_page(services, principal, state, limit)
 
 
 async def read_page(
@@ -99,6 +143,10 @@ async def read_page(
     page = None
     if isinstance(state, LogCursor) and not reset:
         page = await tail_page(services, principal, state.position, limit)
+    elif state is None or isinstance(state, SnapshotCursor):
+        shared = await shared_snapshot_page(services, principal, state, limit)
+        if shared is not None:
+            page = replace(shared.page)  # the cached one is shared: never changed in place
     if page is None:
         async with services.db.read() as conn:
             try:

@@ -26,6 +26,7 @@ import pytest
 
 from storage.admission import AdmissionGate, Overloaded, Priority, reserved_slots
 from sync_server.app import create_app
+from sync_server.live import session as live_session
 from sync_server.logs import AccessLog, JsonFormatter
 from sync_server.settings import ConfigError, Settings
 from tests.conftest import ADMIN_PASSWORD, Backend
@@ -256,9 +257,29 @@ def test_the_edge_caps_low_priority_requests_in_flight(backend: Backend, admin_e
         assert waits and float(waits.group(1)) >= 1  # the first pull's wait was measured
 
 
-def test_a_shed_live_catch_up_closes_with_try_again_later(
+def test_a_live_catch_up_waits_its_turn_when_the_database_is_busy(
     backend: Backend, admin_email: str
 ) -> None:
+    """A socket is open already: its catch-up queues for a slot (a storm of connections)
+    instead of being closed and reconnecting, which would only repeat the work."""
+    settings = backend.settings(DB_POOL_SIZE="2", ADMISSION_LOW_PRIORITY_WAIT_MS="0")
+    with serve_in_thread(create_app(settings)) as base_url:
+        buyer = register(base_url, "patient-live")
+        with ThreadPoolExecutor(1) as pool:
+            with busy_transactions(base_url, 1):
+                client = LiveClient(base_url, buyer.token or "")
+                catching_up = pool.submit(client.catch_up, 30)
+                time.sleep(1)  # busy for a while: an HTTP pull would have been shed by now
+                assert not catching_up.done()
+            frames = catching_up.result(30)
+        assert frames[-1]["more"] is False
+        client.close()
+
+
+def test_a_live_catch_up_out_of_patience_closes_with_try_again_later(
+    backend: Backend, admin_email: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_session, "CATCH_UP_PATIENCE_SECONDS", 0.0)
     settings = backend.settings(DB_POOL_SIZE="2", ADMISSION_LOW_PRIORITY_WAIT_MS="0")
     with serve_in_thread(create_app(settings)) as base_url:
         buyer = register(base_url, "live")

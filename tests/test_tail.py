@@ -20,6 +20,7 @@ from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
 from tests.support.live_server import run_in_server, serve_in_thread
 from tests.support.queries import statements
+from tests.support.replica import build, without_empty
 
 
 def hub_state(base_url: str) -> tuple[int, int | None, int]:
@@ -311,3 +312,24 @@ def test_the_tail_keeps_at_most_its_setting_and_forgets_rows_with_their_last_ent
     assert set(key[1] for key in tail._rows) == held_rows
     tail.raise_floor(position - 10)  # the database pruned its log
     assert len(tail) == 10 and tail.floor == position - 10
+
+
+def test_phones_starting_a_first_sync_together_read_the_catalogue_once(
+    own_server: str, admin_email: str
+) -> None:
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    for n in range(25):
+        admin.create_listing(title=f"Premier {n}", stock=5)
+    wait_for_hub(own_server)
+    phones = [register(own_server, f"first{n}") for n in range(3)]
+    replicas, listing_reads = [], []
+    for phone in phones:
+        with statements(own_server, lambda sql, _parameters: "FROM listings" in sql) as seen:
+            _, pages = phone.pull_all(limit=10)
+        listing_reads.append(len(seen))
+        replicas.append(without_empty(build(pages)))
+    # The first phone reads every catalogue page; the others only the last one, where the
+    # catalogue ends and their own rows begin.
+    assert listing_reads[0] >= 3 and listing_reads[1] == listing_reads[2] == 1, listing_reads
+    _, whole = phones[0].pull_all(limit=1000)
+    assert replicas[0] == replicas[1] == replicas[2] == without_empty(build(whole))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from storage.feed import CHANGES_CHANNEL
@@ -34,6 +35,8 @@ WINDOW_LIMIT = 1000
 # A backstop for lost signals (a publish that failed after commit, a task cancelled between
 # commit and announce): the hub looks at the log this often even when nobody woke it.
 POLL_SECONDS = 2.0
+# How long phones starting a first sync share one starting position (and so its pages).
+SNAPSHOT_ORIGIN_SECONDS = 5.0
 
 
 class LiveHub:
@@ -45,6 +48,7 @@ class LiveHub:
         self.ready = asyncio.Event()
         self.overflows = 0  # slow sockets that fell back to their cursor, since start
         self.tail = ChangeTail(services.settings.sync_tail_entries)
+        self._snapshot_origin: tuple[int, float] | None = None
         self._caught_up = asyncio.Condition()
 
     def add(self, session: Session) -> None:
@@ -127,6 +131,19 @@ class LiveHub:
             session.advance(window.end, changes)
         self.position = window.end
         await self._announce_position()
+
+    def snapshot_origin(self) -> int | None:
+        """Where first syncs start now: the tail's head, kept for a few seconds so phones
+        starting together read the same catalogue pages (shared), and moved on so that what
+        they replay from the log after the snapshot stays short. None without a tail."""
+        tail = self.tail
+        if not tail.enabled or tail.floor is None:
+            return None
+        now = time.monotonic()
+        current = self._snapshot_origin
+        if current is None or now - current[1] > SNAPSHOT_ORIGIN_SECONDS or current[0] < tail.floor:
+            current = self._snapshot_origin = (tail.head, now)
+        return current[0]
 
     async def _announce_position(self) -> None:
         async with self._caught_up:

@@ -21,12 +21,13 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol.cursor import LogCursor
+from storage.admission import low_priority_patience
 from storage.push import Mutation, check_batch, push
 from storage.scopes import Principal
 from sync_server.errors import FreshRootsError, MalformedCursor
 from sync_server.http import refuse_nul
 from sync_server.services import Services
-from sync_server.syncing import decode_cursor, page_body, read_page
+from sync_server.syncing import decode_cursor, page_body, read_page, shared_page_at
 
 log = logging.getLogger("freshroots.live")
 
@@ -34,6 +35,10 @@ CLOSE_MALFORMED, CLOSE_UNAUTHORIZED, CLOSE_NO_HELLO, CLOSE_TOO_SLOW = 4400, 4401
 _CATCH_UP = object()
 # Catch-up frames are smaller than HTTP pages: a phone parses each frame whole, in memory.
 CATCH_UP_PAGE_ROWS = 100
+# How long a catch-up read may queue for a database slot when the server is busy (a storm of
+# sockets connecting at once): the socket is open already, so it waits its turn instead of
+# being closed with 1013 and reconnecting, which would only repeat the work.
+CATCH_UP_PATIENCE_SECONDS = 20.0
 
 
 class Hello(msgspec.Struct):
@@ -155,22 +160,34 @@ class Session:
 
     async def catch_up(self, state: Any, reset: bool) -> None:
         """Page from `state` until current; ends with a `more: false` frame."""
+        patience = low_priority_patience.set(CATCH_UP_PATIENCE_SECONDS)
+        try:
+            await self._catch_up(state, reset)
+        finally:
+            low_priority_patience.reset(patience)
+
+    async def _catch_up(self, state: Any, reset: bool) -> None:
         self.catch_ups += 1
+        limit = min(CATCH_UP_PAGE_ROWS, self.services.settings.pull_default_limit)
         while True:
-            page = await read_page(
-                self.services,
-                self.principal,
-                state,
-                reset,
-                min(CATCH_UP_PAGE_ROWS, self.services.settings.pull_default_limit),
+            shared = (
+                None if reset else await shared_page_at(self.services, self.principal, state, limit)
             )
-            body = page_body(self.services, self.principal, page)
-            body["type"] = "changes"
-            await self.send(orjson.dumps(body).decode())
+            if shared is not None:
+                # A page every phone at this place gets: its bytes are built once, only the
+                # cursor is this phone's.
+                cursor = self.services.cursors.encode(shared.next_state, self.principal.user_id)
+                await self.send(shared.frame(cursor))
+                more, state = shared.more, shared.next_state
+            else:
+                page = await read_page(self.services, self.principal, state, reset, limit)
+                body = page_body(self.services, self.principal, page)
+                body["type"] = "changes"
+                await self.send(orjson.dumps(body).decode())
+                more, state = page.more, page.next_state
             reset = False
-            assert isinstance(page.next_state, LogCursor) or page.more
-            state = page.next_state
-            if page.more:
+            assert isinstance(state, LogCursor) or more
+            if more:
                 continue
             assert isinstance(state, LogCursor)
             self.sent_position = self.position = state.position
