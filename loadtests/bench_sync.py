@@ -203,6 +203,8 @@ class Profiler:
         total = 0
         for line in out.read_text().splitlines():
             stack, _, samples = line.rpartition(" ")
+            if not samples.isdigit():
+                continue  # py-spy can leave a torn line when the process is busy
             frame = stack.split(";")[-1]
             own[frame] = own.get(frame, 0) + int(samples)
             total += int(samples)
@@ -222,7 +224,9 @@ def run_backend(
     admin_email = "bench-admin@freshroots.test"
     asyncio.run(ensure_admin(settings, admin_email, "bench admin password", "Bench"))
 
-    server = start_server(env)
+    # As a user runs it: the access log on (to a file, read by nobody, like production's).
+    server_log = open(Path(tempfile.mkdtemp()) / "server.log", "wb")  # noqa: SIM115
+    server = start_server(env, log=server_log, log_level=None)
     bare_port = free_port()
     bare = subprocess.Popen(
         [sys.executable, str(ROOT / "loadtests" / "bare_app.py"), str(bare_port)],

@@ -20,6 +20,7 @@ import resource
 import secrets
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def main() -> None:
         from storage.seed import seed_listings
 
         asyncio.run(_with_changelog(settings, lambda log: seed_listings(log, args.listings)))
-        server = start_server(env)
+        # As a user runs it: the access log on (to a file, read by nobody, like production's).
+        server_log = open(Path(tempfile.mkdtemp()) / "server.log", "wb")  # noqa: SIM115
+        server = start_server(env, log=server_log, log_level=None)
         try:
             admin = httpx.post(
                 f"{server.base_url}/api/auth/login",

@@ -34,13 +34,16 @@ def start_server(
     port: int | None = None,
     log: IO[bytes] | None = None,
     serve_args: Sequence[str] = (),
+    log_level: str | None = "WARNING",
 ) -> ServerProcess:
     """`log`: where the server's stderr goes. Without one it is a pipe, read only if the
-    server dies at start, so long runs that may log a lot should pass a file."""
+    server dies at start, so long runs that may log a lot should pass a file.
+    `log_level`: tests keep the server quiet; None leaves the user's default (the access log
+    on), as benchmarks must — with a `log` file, or the unread pipe fills and stalls it."""
     port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "sync_server.cli", "serve", "--port", str(port), *serve_args],
-        env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
+        env={**os.environ, **env, **({"LOG_LEVEL": log_level} if log_level else {})},
         stdout=subprocess.DEVNULL,
         stderr=log if log is not None else subprocess.PIPE,
     )
