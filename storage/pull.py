@@ -224,26 +224,49 @@ async def _log_page(
         )
         current = {row["id"]: row for row in rows}
         for row_id in ids:
-            row = current.get(row_id)
-            seen = grouped[(table_name, row_id)]
-            # Membership is decided as of the window's end, where the cursor will stand. A row
-            # that left within the window is deleted now even if it is back (its re-entry,
-            # later, comes as a put).
-            if not seen.held_at_end:
-                add_change(changes, table_name, "del", row_id)
-            elif (table_name, row_id) in left_since:
-                continue
-            elif row is None or not (table.row_scopes(row) & own_scopes):
-                continue  # cannot happen when the log is complete; never leak a row out of scope
-            elif seen.entered:
-                add_change(changes, table_name, "put", table.encode(row))
-            elif full_rows:
-                add_change(changes, table_name, "patch", table.encode(row))
-            else:
-                patch = table.encode_fields(row, sorted(seen.fields))
-                if len(patch) > 1:
-                    add_change(changes, table_name, "patch", patch)
+            decide_row(
+                changes,
+                table_name,
+                row_id,
+                grouped[(table_name, row_id)],
+                current.get(row_id),
+                held_back=(table_name, row_id) in left_since,
+                own_scopes=own_scopes,
+                full_rows=full_rows,
+            )
     return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
+
+
+def decide_row(
+    changes: dict[str, TableChanges],
+    table_name: str,
+    row_id: str,
+    seen: RowChanges,
+    row: Any,
+    *,
+    held_back: bool,
+    own_scopes: set[str],
+    full_rows: bool,
+) -> None:
+    """One row's part of a page: del, put, patch or nothing. Shared by the database path and
+    the in-memory tail (storage/tail.py), so both decide exactly alike.
+
+    Membership is decided as of the window's end, where the cursor will stand: a row that left
+    within the window is deleted now even if it is back (its re-entry, later, comes as a put).
+    `held_back`: it was in scope at the window's end but left after it (see `_left_after`)."""
+    table = BY_NAME[table_name]
+    if not seen.held_at_end:
+        add_change(changes, table_name, "del", row_id)
+    elif held_back or row is None or not (table.row_scopes(row) & own_scopes):
+        return  # the last two cannot happen when the log is complete; never leak a row
+    elif seen.entered:
+        add_change(changes, table_name, "put", table.encode(row))
+    elif full_rows:
+        add_change(changes, table_name, "patch", table.encode(row))
+    else:
+        patch = table.encode_fields(row, sorted(seen.fields))
+        if len(patch) > 1:
+            add_change(changes, table_name, "patch", patch)
 
 
 async def _left_after(

@@ -33,8 +33,7 @@ from typing import Any
 
 from protocol.cursor import LogCursor
 from storage.changelog import LEFT
-from storage.pull import PullPage, RowChanges, TableChanges, Window, add_change
-from storage.synced import BY_NAME
+from storage.pull import PullPage, RowChanges, TableChanges, Window, decide_row
 
 RowKey = tuple[str, str]
 
@@ -223,23 +222,17 @@ class ChangeTail:
         own_scopes = set(scopes)
         changes: dict[str, TableChanges] = {}
         for key, seen in grouped.items():
-            table_name, row_id = key
-            table = BY_NAME[table_name]
-            row = self._rows.get(key)
-            # The same decisions as storage.pull._log_page, from the rows as they are at
-            # `head` (the database path reads them as they are at its own snapshot).
-            if not seen.held_at_end:
-                add_change(changes, table_name, "del", row_id)
-            elif key in left_since or row is None or not (table.row_scopes(row) & own_scopes):
-                continue
-            elif seen.entered:
-                add_change(changes, table_name, "put", table.encode(row))
-            elif full_rows:
-                add_change(changes, table_name, "patch", table.encode(row))
-            else:
-                patch = table.encode_fields(row, sorted(seen.fields))
-                if len(patch) > 1:
-                    add_change(changes, table_name, "patch", patch)
+            # The rows as they are at `head` (the database path reads them at its snapshot).
+            decide_row(
+                changes,
+                key[0],
+                key[1],
+                seen,
+                self._rows.get(key),
+                held_back=key in left_since,
+                own_scopes=own_scopes,
+                full_rows=full_rows,
+            )
         return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
 
     def _left_after(

@@ -25,6 +25,7 @@ from sync_server.settings import Settings
 from tests.support import services as real
 from tests.support.api import Api, login, register
 from tests.support.live_server import serve_in_thread
+from tests.support.processes import server_processes
 
 ADMIN_PASSWORD = "admin password 1"
 SERVICES_ONLY = "needs PostgreSQL + Redis: the embedded default is one process"
@@ -140,6 +141,17 @@ def admin(server: str, admin_email: str) -> Api:
 @pytest.fixture
 def buyer(server: str) -> Api:
     return register(server, "buyer")
+
+
+@pytest.fixture
+def instances(backend: Backend, server: str) -> Iterator[list[str]]:
+    """Two instances in production mode (two server processes sharing PostgreSQL and Redis);
+    the one embedded server twice otherwise."""
+    if not backend.is_services:
+        yield [server, server]
+        return
+    with server_processes(backend.env, 2) as processes:
+        yield [process.base_url for process in processes]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from storage.listings import create_listing
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
 from tests.support.live_server import submit_in_server
-from tests.support.processes import ServerProcess, server_processes, start_server
+from tests.support.processes import ServerProcess, start_server
 from tests.support.racing import no_new_deadlocks
 from tests.support.replica import Replica, apply_page, build, without_empty
 
@@ -31,16 +31,6 @@ from tests.support.replica import Replica, apply_page, build, without_empty
 def no_deadlocks(backend: Backend) -> Iterator[None]:
     with no_new_deadlocks(backend.env["DATABASE_URL"] if backend.is_services else None):
         yield
-
-
-@pytest.fixture
-def instances(backend: Backend, server: str) -> Iterator[list[str]]:
-    """Two instances in production mode; the one embedded server otherwise."""
-    if not backend.is_services:
-        yield [server, server]
-        return
-    with server_processes(backend.env, 2) as processes:
-        yield [process.base_url for process in processes]
 
 
 def purchase(mutation_id: int, listing_id: str, quantity: int = 1) -> dict[str, Any]:

@@ -34,16 +34,6 @@ def no_deadlocks(backend: Backend) -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-def instances(backend: Backend, server: str) -> Iterator[list[str]]:
-    """Two instances in production mode; the one embedded server otherwise."""
-    if not backend.is_services:
-        yield [server, server]
-        return
-    with server_processes(backend.env, 2) as processes:
-        yield [process.base_url for process in processes]
-
-
 def raw(api: Api, base_url: str, method: str, path: str, **kwargs: Any) -> Callable[[], Any]:
     """One request to one instance as `api`'s user, with no retry of any kind."""
     headers = {**api.headers, **kwargs.pop("headers", {})}
