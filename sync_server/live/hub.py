@@ -35,6 +35,8 @@ WINDOW_LIMIT = 1000
 # A backstop for lost signals (a publish that failed after commit, a task cancelled between
 # commit and announce): the hub looks at the log this often even when nobody woke it.
 POLL_SECONDS = 2.0
+# Live catch-ups running at once in a process (the others wait their turn).
+CONCURRENT_CATCH_UPS = 32
 # How long phones starting a first sync share one starting position (and so its pages).
 SNAPSHOT_ORIGIN_SECONDS = 5.0
 
@@ -49,6 +51,7 @@ class LiveHub:
         self.overflows = 0  # slow sockets that fell back to their cursor, since start
         self.tail = ChangeTail(services.settings.sync_tail_entries)
         self._snapshot_origin: tuple[int, float] | None = None
+        self.catch_up_turns = asyncio.Semaphore(CONCURRENT_CATCH_UPS)
         self._caught_up = asyncio.Condition()
 
     def add(self, session: Session) -> None:

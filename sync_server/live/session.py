@@ -162,7 +162,10 @@ class Session:
         """Page from `state` until current; ends with a `more: false` frame."""
         patience = low_priority_patience.set(CATCH_UP_PATIENCE_SECONDS)
         try:
-            await self._catch_up(state, reset)
+            # A bounded number at a time: a storm of new sockets then catches up in turn, and
+            # the event loop keeps time for handshakes, pushes and pulls in between.
+            async with self.services.live.catch_up_turns:
+                await self._catch_up(state, reset)
         finally:
             low_priority_patience.reset(patience)
 
