@@ -159,24 +159,23 @@ async def place_purchase_request(
     total = order_total(prices, request.items)
     # The check above cannot see an order with this id that another request is creating right
     # now (a retry racing its original, or two devices): ON CONFLICT waits for that one to
-    # commit and then refuses, instead of a primary-key error. Only a twin makes it wait.
-    async with tx.patient():
-        created = await conn.execute(
-            insert_for(tx.dialect)(Order)
-            .values(
-                id=request.order_id,
-                user_id=buyer.user_id,
-                status="pending",
-                payment_method=request.payment_method,
-                payment_status="unpaid",
-                total=total,
-                note=request.note,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(Order.id)
+    # commit and then refuses, instead of a primary-key error.
+    created = await conn.execute(
+        insert_for(tx.dialect)(Order)
+        .values(
+            id=request.order_id,
+            user_id=buyer.user_id,
+            status="pending",
+            payment_method=request.payment_method,
+            payment_status="unpaid",
+            total=total,
+            note=request.note,
+            created_at=now,
+            updated_at=now,
         )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Order.id)
+    )
     if created.first() is None:
         raise MutationRejected("duplicate_id", "order_id is already in use")
     inserted_items = (

@@ -67,7 +67,7 @@ class _ScopeLog:
         return self.entries[index:]
 
     def any_after(self, position: int) -> bool:
-        return bool(self.positions) and self.positions[-1] > position and len(self) > 0
+        return len(self) > 0 and self.positions[-1] > position
 
     def evict_to(self, floor: int) -> None:
         index = max(self.start, bisect_right(self.positions, floor))
@@ -92,8 +92,6 @@ class ChangeTail:
         self._scopes: dict[str, _ScopeLog] = {}
         self._rows: dict[RowKey, Any] = {}  # the row as of `head`; None: gone
         self._row_refs: dict[RowKey, int] = defaultdict(int)
-        self.hits = 0
-        self.misses = 0
 
     @property
     def enabled(self) -> bool:
@@ -200,9 +198,7 @@ class ChangeTail:
         """The page `storage.pull` would answer for a cursor at `after`, or None when the
         tail does not hold everything after it (then the database answers)."""
         if not self.covers(after):
-            self.misses += 1
             return None
-        self.hits += 1
         grouped: dict[RowKey, RowChanges] = {}
         position = after
         more = False

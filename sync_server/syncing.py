@@ -46,7 +46,6 @@ async def tail_page(
     """The page from the process's shared tail, or None when it does not cover `position`."""
     hub = services.live
     if not hub.tail.covers(position):
-        hub.tail.misses += 1
         return None
     await wait_for_tail(services, principal)
     return hub.tail.page(principal.scopes, position, limit, full_rows=full_rows)
@@ -81,10 +80,11 @@ async def shared_page(
     encoded = services.pages.get(key)
     if encoded is None:
         page = tail.page((shared_scope,), position, limit)
-        if page is None or not page.changes:
-            return None  # an empty page is a few bytes: nothing to share
+        if page is None:
+            return None
         encoded = EncodedPage(page)
-        services.pages.put(key, encoded)
+        if page.changes:  # an empty page is a few bytes: not worth a place in the cache
+            services.pages.put(key, encoded)
     next_state = encoded.next_state
     if not encoded.more and isinstance(next_state, LogCursor):
         # Nothing in any of its scopes after this position (the tail holds every entry up to
@@ -139,14 +139,20 @@ async def shared_page_at(
 
 async def read_page(
     services: Services, principal: Principal, state: CursorState | None, reset: bool, limit: int
-) -> PullPage:
+) -> tuple[PullPage, EncodedPage | None]:
+    """The next page from `state`, and its shared encoding when other phones get the same
+    one (then only the cursor is this phone's). From the shared pages, the tail, or the
+    database, in that order."""
+    shared = await shared_page_at(services, principal, state, limit)
+    if shared is not None:
+        if not reset:
+            return shared.page, shared
+        # A reset snapshot (a foreign cursor): the same rows, but this answer says so, and
+        # the cached page is shared, never changed in place.
+        return replace(shared.page, reset=True), None
     page = None
-    if isinstance(state, LogCursor) and not reset:
+    if isinstance(state, LogCursor):
         page = await tail_page(services, principal, state.position, limit)
-    elif state is None or isinstance(state, SnapshotCursor):
-        shared = await shared_snapshot_page(services, principal, state, limit)
-        if shared is not None:
-            page = replace(shared.page)  # the cached one is shared: never changed in place
     if page is None:
         async with services.db.read() as conn:
             try:
@@ -163,7 +169,7 @@ async def read_page(
                 await services.feed.remember_head(scope, page.next_state.position)
             except Exception:
                 break
-    return page
+    return page, None
 
 
 def page_body(services: Services, principal: Principal, page: PullPage) -> dict[str, Any]:

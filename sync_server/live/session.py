@@ -27,7 +27,7 @@ from storage.scopes import Principal
 from sync_server.errors import FreshRootsError, MalformedCursor
 from sync_server.http import refuse_nul
 from sync_server.services import Services
-from sync_server.syncing import decode_cursor, page_body, read_page, shared_page_at
+from sync_server.syncing import decode_cursor, page_body, read_page
 
 log = logging.getLogger("freshroots.live")
 
@@ -173,21 +173,17 @@ class Session:
         self.catch_ups += 1
         limit = min(CATCH_UP_PAGE_ROWS, self.services.settings.pull_default_limit)
         while True:
-            shared = (
-                None if reset else await shared_page_at(self.services, self.principal, state, limit)
-            )
+            page, shared = await read_page(self.services, self.principal, state, reset, limit)
             if shared is not None:
                 # A page every phone at this place gets: its bytes are built once, only the
                 # cursor is this phone's.
                 cursor = self.services.cursors.encode(shared.next_state, self.principal.user_id)
                 await self.send(shared.frame(cursor))
-                more, state = shared.more, shared.next_state
             else:
-                page = await read_page(self.services, self.principal, state, reset, limit)
                 body = page_body(self.services, self.principal, page)
                 body["type"] = "changes"
                 await self.send(orjson.dumps(body).decode())
-                more, state = page.more, page.next_state
+            more, state = page.more, page.next_state
             reset = False
             assert isinstance(state, LogCursor) or more
             if more:

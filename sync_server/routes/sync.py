@@ -10,13 +10,7 @@ from starlette.routing import Route
 from storage.push import Mutation, check_batch, push
 from sync_server.http import authenticate, doc, json_response, query_int, read_json
 from sync_server.services import services_of
-from sync_server.syncing import (
-    decode_cursor,
-    nothing_new,
-    page_body,
-    read_page,
-    shared_page_at,
-)
+from sync_server.syncing import decode_cursor, nothing_new, page_body, read_page
 
 # Product analytics events (PostHog) for mutations that succeed.
 TRACKED = {"purchase_request": "purchase_initiated", "express_interest": "interest_expressed"}
@@ -60,16 +54,14 @@ async def pull(request: Request) -> Response:
             headers={"etag": etag_of_request or ""},
         )
 
-    shared = None if reset else await shared_page_at(services, principal, state, limit)
-    if shared is not None:
+    page, shared = await read_page(services, principal, state, reset, limit)
+    if shared is not None and page.changes:
         cursor = services.cursors.encode(shared.next_state, principal.user_id)
         content, encoding = shared.body(cursor, request.headers.get("accept-encoding", ""))
         headers = {"etag": f'"{cursor}"', "vary": "Accept-Encoding"}
         if encoding is not None:
             headers["content-encoding"] = encoding
         return Response(content, headers=headers, media_type="application/json")
-
-    page = await read_page(services, principal, state, reset, limit)
     body = page_body(services, principal, page)
     etag = f'"{body["cursor"]}"'
     if (

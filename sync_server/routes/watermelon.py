@@ -39,7 +39,8 @@ def last_pulled_at(request: Request) -> int | None:
 async def pull(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
-    since = watermelon.cursor_of(last_pulled_at(request))
+    timestamp = last_pulled_at(request)
+    since = watermelon.cursor_of(timestamp)
     body = None
     if since is not None and services.live.tail.covers(since.position):
         # The shared tail answers like the database would, with no query; a first sync or a
@@ -48,7 +49,7 @@ async def pull(request: Request) -> Response:
         body = watermelon.pull_from_tail(services.live.tail, principal, since.position)
     if body is None:
         async with services.db.read() as conn:
-            body = await watermelon.pull(conn, principal, last_pulled_at(request))
+            body = await watermelon.pull(conn, principal, timestamp)
     return json_response(body)
 
 
