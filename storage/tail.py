@@ -81,6 +81,37 @@ class _ScopeLog:
         return len(self.entries) - self.start
 
 
+# Page sizes (per scope) for which chunk ends are kept; clients use one or two.
+MAX_CHUNKINGS = 8
+
+
+class _Chunks:
+    """One scope's log cut into runs of at most `limit` distinct rows (see `chunk_end`)."""
+
+    __slots__ = ("ends", "limit", "open_rows", "scanned")
+
+    def __init__(self, limit: int, start: int) -> None:
+        self.limit = limit
+        self.ends: list[int] = []  # the last position of each closed chunk, ascending
+        self.open_rows: set[RowKey] = set()
+        self.scanned = start
+
+    def extend(self, entries: list[TailEntry]) -> None:
+        last = self.scanned
+        for entry in entries:
+            key = (entry.table, entry.row_id)
+            if key not in self.open_rows:
+                if len(self.open_rows) >= self.limit:
+                    self.ends.append(last)
+                    self.open_rows = set()
+                self.open_rows.add(key)
+            last = entry.position
+        self.scanned = last
+
+    def forget_to(self, floor: int) -> None:
+        del self.ends[: bisect_right(self.ends, floor)]
+
+
 class ChangeTail:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -92,6 +123,7 @@ class ChangeTail:
         self._scopes: dict[str, _ScopeLog] = {}
         self._rows: dict[RowKey, Any] = {}  # the row as of `head`; None: gone
         self._row_refs: dict[RowKey, int] = defaultdict(int)
+        self._chunks: dict[tuple[str, int], _Chunks] = {}
 
     @property
     def enabled(self) -> bool:
@@ -108,6 +140,7 @@ class ChangeTail:
         self._scopes.clear()
         self._rows.clear()
         self._row_refs.clear()
+        self._chunks.clear()
         self.floor = self.head = position
 
     def feed(self, window: Window, entries: Iterable[TailEntry]) -> None:
@@ -166,6 +199,8 @@ class ChangeTail:
             else:
                 del self._row_refs[key]
                 self._rows.pop(key, None)
+        for chunks in self._chunks.values():
+            chunks.forget_to(through)
         for scope in {entry.scope for entry in dropped}:
             scope_log = self._scopes[scope]
             scope_log.evict_to(through)
@@ -193,16 +228,29 @@ class ChangeTail:
         return heapq.merge(*streams, key=lambda entry: entry.position)
 
     def page(
-        self, scopes: tuple[str, ...], after: int, limit: int, *, full_rows: bool = False
+        self,
+        scopes: tuple[str, ...],
+        after: int,
+        limit: int,
+        *,
+        full_rows: bool = False,
+        until: int | None = None,
     ) -> PullPage | None:
         """The page `storage.pull` would answer for a cursor at `after`, or None when the
-        tail does not hold everything after it (then the database answers)."""
+        tail does not hold everything after it (then the database answers).
+
+        `until`: the page ends there at the latest (a chunk's end, see `chunk_end`), as if
+        the log stopped at it; rows that leave the scope after it are held back for the page
+        that carries their removal, as for a page that stops at its limit."""
         if not self.covers(after):
             return None
+        end = self.head if until is None else min(until, self.head)
         grouped: dict[RowKey, RowChanges] = {}
         position = after
         more = False
         for entry in self._since(scopes, after):
+            if entry.position > end:
+                break
             key = (entry.table, entry.row_id)
             row_changes = grouped.get(key)
             if row_changes is None:
@@ -213,8 +261,8 @@ class ChangeTail:
             row_changes.note(entry.scope, entry.kind, entry.fields)
             position = entry.position
         if not more:
-            position = self.head
-        left_since = self._left_after(scopes, position, grouped) if more else set()
+            position = end
+        left_since = self._left_after(scopes, position, grouped) if position < self.head else set()
         own_scopes = set(scopes)
         changes: dict[str, TableChanges] = {}
         for key, seen in grouped.items():
@@ -230,6 +278,28 @@ class ChangeTail:
                 full_rows=full_rows,
             )
         return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
+
+    def chunk_end(self, scope: str, after: int, limit: int) -> int | None:
+        """Where a page of `scope` from `after` ends so that phones converge on shared pages.
+
+        The scope's log is cut, from where the tail began, into chunks of at most `limit`
+        distinct rows. A page ends at the end of the chunk its cursor is in (or at the head,
+        in the chunk still growing), so a phone's first page is its own, and every page after
+        it is a whole chunk, the same bytes for every phone that passes through it, however
+        different their cursors were. None: not covered, or too many page sizes in use."""
+        if not self.covers(after):
+            return None
+        chunks = self._chunks.get((scope, limit))
+        if chunks is None:
+            if len(self._chunks) >= MAX_CHUNKINGS:
+                return None
+            assert self.floor is not None
+            chunks = self._chunks[(scope, limit)] = _Chunks(limit, self.floor)
+        scope_log = self._scopes.get(scope)
+        if scope_log is not None:
+            chunks.extend(scope_log.after(chunks.scanned))
+        index = bisect_right(chunks.ends, after)
+        return chunks.ends[index] if index < len(chunks.ends) else self.head
 
     def _left_after(
         self, scopes: tuple[str, ...], after: int, grouped: dict[RowKey, RowChanges]

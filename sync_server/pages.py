@@ -1,18 +1,19 @@
 """Encode once: pull pages shared by every phone at the same place in the same catalogue.
 
-Buyers whose own scope has nothing new ask for the public changes after their cursor; all
-of them at one position, at one tail head, get byte-identical changes. Those are encoded and
-compressed once, here, and only the part that differs per phone — its cursor, which is bound
-to its user by an HMAC — is added per request, without compressing anything again:
+Buyers at one position of the public log, at one end, get byte-identical public changes;
+`ChangeTail.chunk_end` cuts the log so that phones with different cursors pass through the
+same pages. Those changes are encoded and compressed once, here, and only the part that
+differs per phone — its own rows (orders, notifications), `more`, and its cursor, which is
+bound to its user by an HMAC — is added per request, without compressing anything again:
 
-    {"changes":{…},"more":false,"reset":false,"cursor":"   ← shared, compressed once
-    <this phone's cursor>"}                                ← per request, stored as is
+    {"changes":{"listings":{…}                              ← shared, compressed once
+    ,"orders":{…}},"more":false,"reset":false,"cursor":"…"}  ← this phone's, per request
 
 The shared part ends with a flush to a byte boundary (deflate's sync flush, brotli's flush),
-and the suffix follows as a stored block (gzip) or an uncompressed meta-block (brotli), both
-plain parts of those formats that any decoder reads: the phone receives one ordinary gzip or
-brotli stream. The suffix is a few dozen incompressible bytes, so nothing is lost by not
-compressing it; the saving is the whole compression of the page, per phone.
+and the phone's part follows as a stored block or as deflate blocks of a stream of its own
+(gzip), or as uncompressed meta-blocks (brotli): plain parts of those formats that any
+decoder reads, so the phone receives one ordinary gzip or brotli stream. The saving is the
+whole compression of the page, per phone.
 
 Snapshot pages (a first sync) are shared the same way while they hold only listings: every
 phone starting a snapshot from the same position reads the same catalogue pages.
@@ -28,21 +29,26 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 
 import brotli
 import orjson
 
 from protocol.cursor import CursorState
-from storage.pull import PullPage
+from storage.pull import PullPage, TableChanges
 
 # Below this the bytes saved do not pay for the decoder's work (as the compression middleware).
 MIN_COMPRESS_BYTES = 512
+# A phone's own part up to this size follows the shared bytes uncompressed (a cursor and a
+# few rows); past it, compressing it on its own saves more than it costs.
+STORE_AS_IS_BYTES = 256
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"  # deflate, no name, mtime 0, unix
 BROTLI_LAST_EMPTY = b"\x03"  # ISLAST=1, ISLASTEMPTY=1
 
 
 class EncodedPage:
-    """One shared page, with its JSON and each encoding built the first time asked for."""
+    """The shared part of a page: its changes, encoded and compressed the first time asked
+    for. It stops inside the `changes` object, so a phone's own rows can follow it."""
 
     __slots__ = ("_brotli", "_frame", "_gzip", "_prefix", "charge", "page")
 
@@ -57,61 +63,100 @@ class EncodedPage:
         self.charge = 1024 + 3000 * max(page.rows, 1)
 
     @property
-    def more(self) -> bool:
-        return self.page.more
-
-    @property
-    def next_state(self) -> CursorState:
-        return self.page.next_state
-
-    @property
     def prefix(self) -> bytes:
         if self._prefix is None:
-            self._prefix = (
-                b'{"changes":'
-                + orjson.dumps(self.page.changes)
-                + (b',"more":true' if self.page.more else b',"more":false')
-                + b',"reset":false,"cursor":"'
-            )
+            self._prefix = b'{"changes":' + orjson.dumps(self.page.changes)[:-1]
         return self._prefix
 
-    def frame(self, cursor: str) -> str:
-        """The same page as a live `changes` frame (WebSocket catch-up)."""
+    def frame(self, rest: bytes) -> str:
+        """The page as a live `changes` frame (WebSocket catch-up), `rest` following it."""
         if self._frame is None:
             self._frame = '{"type":"changes",' + self.prefix[1:].decode()
-        return self._frame + cursor + '"}'
+        return self._frame + rest.decode()
 
-    def body(self, cursor: str, accept_encoding: str) -> tuple[bytes, str | None]:
-        """The response body for one phone, and its Content-Encoding (None: identity)."""
-        suffix = cursor.encode("ascii") + b'"}'
-        if len(self.prefix) < MIN_COMPRESS_BYTES or len(suffix) > 0xFFFF:
-            return self.prefix + suffix, None
+    def body(self, rest: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
+        """The response body, `rest` (this phone's part) following the shared bytes, and its
+        Content-Encoding (None: identity)."""
+        if len(self.prefix) < MIN_COMPRESS_BYTES:
+            return self.prefix + rest, None
         if "br" in accept_encoding:
-            return self._brotli_body(suffix), "br"
+            return self._brotli_body(rest), "br"
         if "gzip" in accept_encoding:
-            return self._gzip_body(suffix), "gzip"
-        return self.prefix + suffix, None
+            return self._gzip_body(rest), "gzip"
+        return self.prefix + rest, None
 
-    def _gzip_body(self, suffix: bytes) -> bytes:
+    def _gzip_body(self, rest: bytes) -> bytes:
         if self._gzip is None:
             deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
             head = GZIP_HEADER + deflate.compress(self.prefix) + deflate.flush(zlib.Z_SYNC_FLUSH)
             self._gzip = (head, zlib.crc32(self.prefix))
         head, prefix_crc = self._gzip
-        length = len(suffix)
-        # A final stored block (BFINAL=1, BTYPE=00) holding the suffix, then the trailer.
-        stored = b"\x01" + struct.pack("<HH", length, length ^ 0xFFFF) + suffix
-        total = (len(self.prefix) + length) & 0xFFFFFFFF
-        return head + stored + struct.pack("<II", zlib.crc32(suffix, prefix_crc), total)
+        if len(rest) <= STORE_AS_IS_BYTES:
+            # A final stored block (BFINAL=1, BTYPE=00) holding the rest.
+            length = len(rest)
+            blocks = b"\x01" + struct.pack("<HH", length, length ^ 0xFFFF) + rest
+        else:
+            # Deflate blocks of a stream of their own: they refer only to their own bytes,
+            # so they may follow the shared blocks (which end on a byte boundary) as they are.
+            deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+            blocks = deflate.compress(rest) + deflate.flush(zlib.Z_FINISH)
+        total = (len(self.prefix) + len(rest)) & 0xFFFFFFFF
+        return head + blocks + struct.pack("<II", zlib.crc32(rest, prefix_crc), total)
 
-    def _brotli_body(self, suffix: bytes) -> bytes:
+    def _brotli_body(self, rest: bytes) -> bytes:
         if self._brotli is None:
             compressor = brotli.Compressor(quality=5)
             self._brotli = compressor.process(self.prefix) + compressor.flush()
-        # An uncompressed meta-block: ISLAST=0, MNIBBLES=4 (code 0), MLEN-1 in 16 bits,
-        # ISUNCOMPRESSED=1, padded to the byte; then the last, empty meta-block.
-        header = ((len(suffix) - 1) << 3) | (1 << 19)
-        return self._brotli + header.to_bytes(3, "little") + suffix + BROTLI_LAST_EMPTY
+        # Uncompressed meta-blocks (a brotli stream carries its state from block to block, so
+        # another stream's compressed blocks cannot follow): ISLAST=0, MNIBBLES=4 (code 0),
+        # MLEN-1 in 16 bits, ISUNCOMPRESSED=1, padded to the byte; then the last, empty one.
+        blocks = [self._brotli]
+        for start in range(0, len(rest), 0x10000):
+            piece = rest[start : start + 0x10000]
+            header = ((len(piece) - 1) << 3) | (1 << 19)
+            blocks += [header.to_bytes(3, "little"), piece]
+        blocks.append(BROTLI_LAST_EMPTY)
+        return b"".join(blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAnswer:
+    """A page made of a shared part (the same bytes for every phone there) and what is this
+    phone's own: its rows, whether more follows, and its cursor, bound to its user."""
+
+    shared: EncodedPage
+    own: dict[str, TableChanges]
+    more: bool
+    next_state: CursorState
+
+    @property
+    def page(self) -> PullPage:
+        """The whole page as data (for callers that do not send the shared bytes)."""
+        shared = self.shared.page
+        return PullPage(
+            {**shared.changes, **self.own},
+            self.next_state,
+            more=self.more,
+            rows=shared.rows + sum(len(items) for t in self.own.values() for items in t.values()),
+        )
+
+    def rest(self, cursor: str) -> bytes:
+        own = orjson.dumps(self.own)[1:-1] if self.own else b""
+        separator = b"," if own and self.shared.page.changes else b""
+        return (
+            separator
+            + own
+            + (b'},"more":true' if self.more else b'},"more":false')
+            + b',"reset":false,"cursor":"'
+            + cursor.encode("ascii")
+            + b'"}'
+        )
+
+    def body(self, cursor: str, accept_encoding: str) -> tuple[bytes, str | None]:
+        return self.shared.body(self.rest(cursor), accept_encoding)
+
+    def frame(self, cursor: str) -> str:
+        return self.shared.frame(self.rest(cursor))
 
 
 class SharedPages:

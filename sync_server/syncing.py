@@ -8,7 +8,7 @@ from typing import Any
 from protocol.cursor import CursorState, ForeignCursor, LogCursor, SnapshotCursor
 from storage.pull import CursorExpired, PullPage, pull_page
 from storage.scopes import Principal
-from sync_server.pages import EncodedPage
+from sync_server.pages import EncodedPage, SharedAnswer
 from sync_server.services import Services
 
 
@@ -65,38 +65,50 @@ async def wait_for_tail(services: Services, principal: Principal) -> None:
 
 async def shared_page(
     services: Services, principal: Principal, position: int, limit: int
-) -> EncodedPage | None:
-    """The page for a cursor at `position` when it is the same for every reader of the
-    principal's shared scope (public, or admin) — its own scope has nothing new — encoded
-    once per (scope, position, tail head, limit) for all of them. None otherwise."""
+) -> SharedAnswer | None:
+    """The page for a cursor at `position`, its shared scope's part (public, or admin) encoded
+    once per (scope, position, end, limit) for every phone there, its own rows added.
+
+    The page ends where the shared scope's chunk ends (`ChangeTail.chunk_end`), so after a
+    first page of its own a phone reads whole chunks that every other phone reads too. None
+    when the tail does not cover the cursor, or the page would pass `limit` with the
+    phone's own rows (then the next page, from wherever that one ends, is aligned again)."""
     tail = services.live.tail
     if not tail.covers(position):
         return None
     await wait_for_tail(services, principal)
     shared_scope, *own_scopes = principal.scopes
-    if not tail.covers(position) or any(tail.has_after(scope, position) for scope in own_scopes):
+    end = tail.chunk_end(shared_scope, position, limit)
+    if end is None:
         return None
-    key = ("log", shared_scope, position, tail.head, limit)
+    own = tail.page(tuple(own_scopes), position, limit, until=end)
+    if own is None or own.more:
+        return None
+    key = ("log", shared_scope, position, end, limit)
     encoded = services.pages.get(key)
     if encoded is None:
-        page = tail.page((shared_scope,), position, limit)
+        page = tail.page((shared_scope,), position, limit, until=end)
         if page is None:
             return None
         encoded = EncodedPage(page)
         if page.changes:  # an empty page is a few bytes: not worth a place in the cache
             services.pages.put(key, encoded)
-    next_state = encoded.next_state
-    if not encoded.more and isinstance(next_state, LogCursor):
+    if encoded.page.rows + own.rows > limit or own.changes.keys() & encoded.page.changes.keys():
+        # Past the page size, or the same table in both parts (an admin's own order is in
+        # the admin scope too): the general path pages it.
+        return None
+    more = end < tail.head
+    if not more:
         # Nothing in any of its scopes after this position (the tail holds every entry up to
         # it): the next poll from here is answered by the fast path.
         for scope in principal.scopes:
-            services.feed.local.raise_to(scope, next_state.position)
-    return encoded
+            services.feed.local.raise_to(scope, end)
+    return SharedAnswer(encoded, own.changes, more, LogCursor(end))
 
 
 async def shared_snapshot_page(
     services: Services, principal: Principal, state: SnapshotCursor | None, limit: int
-) -> EncodedPage | None:
+) -> SharedAnswer | None:
     """A first-sync page that holds only catalogue rows is the same for every phone starting
     from the same position: read from the database once, shared. Phones starting a snapshot
     within a few seconds start it at one position (`LiveHub.snapshot_origin`: any committed
@@ -123,14 +135,15 @@ async def shared_snapshot_page(
         return EncodedPage(page), shareable
 
     try:
-        return await services.pages.shared(key, build)
+        encoded = await services.pages.shared(key, build)
     except CursorExpired:
         return None
+    return SharedAnswer(encoded, {}, encoded.page.more, encoded.page.next_state)
 
 
 async def shared_page_at(
     services: Services, principal: Principal, state: CursorState | None, limit: int
-) -> EncodedPage | None:
+) -> SharedAnswer | None:
     """The shared page for any cursor state (log or snapshot), or None."""
     if isinstance(state, LogCursor):
         return await shared_page(services, principal, state.position, limit)
@@ -139,7 +152,7 @@ async def shared_page_at(
 
 async def read_page(
     services: Services, principal: Principal, state: CursorState | None, reset: bool, limit: int
-) -> tuple[PullPage, EncodedPage | None]:
+) -> tuple[PullPage, SharedAnswer | None]:
     """The next page from `state`, and its shared encoding when other phones get the same
     one (then only the cursor is this phone's). From the shared pages, the tail, or the
     database, in that order."""

@@ -3,12 +3,14 @@ path would say; a cursor outside it falls back to the database."""
 
 from __future__ import annotations
 
+import gzip
 import random
 import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from protocol.cursor import LogCursor
@@ -16,6 +18,7 @@ from storage.pull import Window, _Entry, log_head, pull_page
 from storage.scopes import PUBLIC, Principal
 from storage.tail import ChangeTail, window_entries
 from sync_server.app import create_app
+from sync_server.syncing import read_page
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
 from tests.support.live_server import run_in_server, serve_in_thread
@@ -206,6 +209,74 @@ def test_tail_pages_are_the_database_pages(own_server: str, admin_email: str) ->
 
     assert run_in_server(own_server, compare, timeout=300) > 1000
 
+    async def follow_aligned(app: Any) -> int:
+        """The path phones take (shared chunk pages, own rows added, bytes as sent): from
+        every cursor, to the end, it must come to what the database's pages come to."""
+        services = app.state.services
+        tail = services.live.tail
+        assert tail.floor is not None
+        chains = 0
+        async with services.db.read() as conn:
+            for principal in readers:
+                for after in range(tail.floor, tail.head + 1):
+                    database = []
+                    state: Any = LogCursor(after)
+                    while True:
+                        page = await pull_page(conn, principal, state, 200)
+                        database.append(page.changes)
+                        state = page.next_state
+                        if not page.more:
+                            break
+                    for limit in (1, 3, 200):
+                        aligned, position = [], after
+                        while True:
+                            page, shared = await read_page(
+                                services, principal, LogCursor(position), False, limit
+                            )
+                            changes = page.changes
+                            if shared is not None:
+                                body, encoding = shared.body("c", "gzip")
+                                if encoding == "gzip":
+                                    body = gzip.decompress(body)
+                                changes = orjson.loads(body)["changes"]
+                                assert changes == page.changes
+                            assert page.rows <= limit, (principal, after, limit)
+                            aligned.append(changes)
+                            assert isinstance(page.next_state, LogCursor)
+                            assert page.next_state.position > position or not page.more
+                            position = page.next_state.position
+                            if not page.more:
+                                break
+                        assert position == tail.head
+                        assert net_effect(aligned) == net_effect(database), (
+                            principal,
+                            after,
+                            limit,
+                        )
+                        chains += 1
+        return chains
+
+    hits = pages_counters(own_server)[0]
+    assert run_in_server(own_server, follow_aligned, timeout=300) > 300
+    assert pages_counters(own_server)[0] > hits  # the chunk pages were shared
+
+
+def net_effect(pages: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, Any]]:
+    """What a run of pages does to each row, merged: ("put", row), ("patch", fields) or
+    ("del", None). A patch of a row the pages deleted is a defect (the client lacks it)."""
+    effect: dict[tuple[str, str], tuple[str, Any]] = {}
+    for changes in pages:
+        for table, kinds in changes.items():
+            for row in kinds.get("put", []):
+                effect[(table, row["id"])] = ("put", dict(row))
+            for patch in kinds.get("patch", []):
+                kind, known = effect.get((table, patch["id"]), ("patch", {}))
+                assert kind != "del", f"patch after del: {table} {patch}"
+                effect[(table, patch["id"])] = (kind, {**known, **patch})
+            for row_id in kinds.get("del", []):
+                effect[(table, row_id)] = ("del", None)
+    return effect
+
 
 def pages_counters(base_url: str) -> tuple[int, int]:
     async def read(app: Any) -> tuple[int, int]:
@@ -252,6 +323,97 @@ def test_phones_at_one_position_share_one_encoded_page(
         assert again == {"cursor": page["cursor"], "more": False, "reset": False, "changes": {}}
     stranger = phones[1].get("/api/sync/pull", params={"cursor": pages[0]["cursor"]}).json()
     assert stranger["reset"] is True
+
+
+def test_phones_at_different_cursors_converge_on_the_same_pages(
+    own_server: str, admin_email: str
+) -> None:
+    """The log is cut into chunks: each phone's first page is its own, every later page is
+    a whole chunk, built once and shared, whatever cursor each phone started from."""
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    listings = [admin.create_listing(title=f"Chunk {n}", stock=90) for n in range(30)]
+    phones = [register(own_server, f"chunker{n}") for n in range(3)]
+    cursors = []
+    for phone in phones:  # each phone current at a different position
+        wait_for_hub(own_server)
+        cursors.append(phone.pull_all()[0])
+        for listing in listings[:2]:
+            admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 80})
+    for stock in (70, 60):
+        for listing in listings:
+            admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": stock})
+    wait_for_hub(own_server)
+    runs = []
+    for phone, cursor in zip(phones, cursors, strict=True):
+        hits = pages_counters(own_server)[0]
+        _, pages = phone.pull_all(cursor, limit=10)
+        runs.append((pages, pages_counters(own_server)[0] - hits))
+        assert all(
+            sum(len(v) for t in p["changes"].values() for v in t.values()) <= 10 for p in pages
+        )
+        final = build(pages, {"listings": {row["id"]: dict(row) for row in listings}})
+        assert {row["stock"] for row in final["listings"].values()} == {60}
+    first_run = [page["changes"] for page in runs[0][0][1:]]
+    for pages, hits in runs[1:]:
+        # After its first page, each later phone reads the very pages the first one did.
+        assert [page["changes"] for page in pages[1:]] == first_run
+        assert hits >= len(pages) - 1
+    assert len(first_run) >= 4
+
+
+@pytest.mark.parametrize("encoding", ["br", "gzip", "identity"])
+def test_a_phone_with_changes_of_its_own_gets_them_after_the_shared_part(
+    own_server: str, admin_email: str, encoding: str
+) -> None:
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    buyer, other = register(own_server, "ownpage"), register(own_server, "otherpage")
+    listings = [admin.create_listing(title=f"À moi {n}", stock=40) for n in range(12)]
+    wait_for_hub(own_server)
+    mine, theirs = buyer.pull_all()[0], other.pull_all()[0]
+    order_ids = ["ord-" + secrets.token_hex(6) for _ in listings[:4]]
+    buyer.push(
+        client_id(),
+        [
+            {
+                "id": number,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "note": "à la porte, merci " * number,
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listing["id"],
+                            "quantity": 1,
+                        }
+                    ],
+                },
+            }
+            for number, (order_id, listing) in enumerate(
+                zip(order_ids, listings[:4], strict=True), 1
+            )
+        ],
+    )
+    for listing in listings:
+        admin.patch(f"/api/admin/listings/{listing['id']}", json={"price": 7000})
+    wait_for_hub(own_server)
+    hits = pages_counters(own_server)[0]
+    headers = {"accept-encoding": encoding}
+    shared = other.get("/api/sync/pull", params={"cursor": theirs}, headers=headers)
+    own = buyer.get("/api/sync/pull", params={"cursor": mine}, headers=headers)
+    # One encoding of the listings for both (the second phone's is a hit), each phone's rows
+    # after it: the body is still one ordinary stream of that encoding.
+    assert pages_counters(own_server)[0] == hits + 1
+    assert own.headers.get("content-encoding", "identity") == encoding
+    own_page, shared_page = own.json(), shared.json()
+    assert sorted(row["id"] for row in own_page["changes"]["orders"]["put"]) == sorted(order_ids)
+    assert "orders" not in shared_page["changes"]
+    assert own_page["changes"]["listings"] == shared_page["changes"]["listings"]
+    assert {row["price"] for row in own_page["changes"]["listings"]["patch"]} == {7000}
+    assert own_page["more"] is shared_page["more"] is False
+    again = buyer.get("/api/sync/pull", params={"cursor": own_page["cursor"]}).json()
+    assert again["changes"] == {}
 
 
 def test_a_phone_with_changes_of_its_own_gets_its_own_page(
