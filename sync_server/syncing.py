@@ -110,7 +110,8 @@ async def shared_snapshot_page(
     services: Services, principal: Principal, state: SnapshotCursor | None, limit: int
 ) -> SharedAnswer | None:
     """A first-sync page that holds only catalogue rows is the same for every phone starting
-    from the same position: read from the database once, shared. Phones starting a snapshot
+    from the same position: read from the database once, shared (and a page of a user's own
+    rows, by that user's devices). Phones starting a snapshot
     within a few seconds start it at one position (`LiveHub.snapshot_origin`: any committed
     position is a valid start, the log replays what came after it)."""
     if state is None:
@@ -118,24 +119,41 @@ async def shared_snapshot_page(
         if origin is None:
             return None
         state = SnapshotCursor(origin, 0, "")
-    if state.table_index != 0:
-        return None  # past the catalogue: the phone's own rows
-    key = ("snapshot", principal.scopes[0], state.head, state.last_id, limit)
+    where = (state.head, state.table_index, state.last_id, limit)
+    # Catalogue pages are everyone's; the pages of a user's own rows are shared by that
+    # user's devices (a household's phones, or one phone's reinstall, starting together).
+    everyone = ("snapshot", principal.scopes[0], *where)
+    mine = ("snapshot", principal.scopes, *where)
     start = state
 
-    async def build() -> tuple[EncodedPage, bool]:
+    async def read() -> EncodedPage:
         async with services.db.read() as conn:
-            page = await pull_page(conn, principal, start, limit)
-        following = page.next_state
-        # Shared only while it holds nothing but catalogue rows: the page where the
-        # catalogue ends and the phone's own rows begin is its own.
-        shareable = (
-            page.more and isinstance(following, SnapshotCursor) and following.table_index == 0
-        )
-        return EncodedPage(page), shareable
+            return EncodedPage(await pull_page(conn, principal, start, limit))
+
+    async def build_for_everyone() -> tuple[EncodedPage, bool]:
+        cached = services.pages.get(mine)
+        if cached is not None:
+            return cached, False
+        encoded = await read()
+        following = encoded.page.next_state
+        if (
+            encoded.page.more
+            and isinstance(following, SnapshotCursor)
+            and following.table_index == 0
+        ):
+            return encoded, True
+        # Where the catalogue ends and the user's own rows begin: this user's page.
+        services.pages.put(mine, encoded)
+        return encoded, False
+
+    async def build_for_me() -> tuple[EncodedPage, bool]:
+        return await read(), True
 
     try:
-        encoded = await services.pages.shared(key, build)
+        if state.table_index == 0:
+            encoded = await services.pages.shared(everyone, build_for_everyone)
+        else:
+            encoded = await services.pages.shared(mine, build_for_me)
     except CursorExpired:
         return None
     return SharedAnswer(encoded, {}, encoded.page.more, encoded.page.next_state)

@@ -495,3 +495,45 @@ def test_phones_starting_a_first_sync_together_read_the_catalogue_once(
     assert listing_reads[0] >= 3 and listing_reads[1] == listing_reads[2] == 1, listing_reads
     _, whole = phones[0].pull_all(limit=1000)
     assert replicas[0] == replicas[1] == replicas[2] == without_empty(build(whole))
+
+
+def test_a_users_devices_starting_a_first_sync_together_read_its_rows_once(
+    own_server: str, admin_email: str
+) -> None:
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    listing = admin.create_listing(title="Maison", stock=50)
+    buyer = register(own_server, "household")
+    buyer.push(
+        client_id(),
+        [
+            {
+                "id": number,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": "ord-" + secrets.token_hex(6),
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listing["id"],
+                            "quantity": 1,
+                        }
+                    ],
+                },
+            }
+            for number in range(1, 8)
+        ],
+    )
+    wait_for_hub(own_server)
+    devices = [Api(own_server) for _ in range(3)]
+    replicas, reads = [], []
+    for device in devices:
+        device.token = buyer.token
+        with statements(own_server, lambda sql, _parameters: "SELECT" in sql) as seen:
+            _, pages = device.pull_all(limit=3)
+        reads.append(len(seen))
+        replicas.append(without_empty(build(pages)))
+    assert len(replicas[0]["orders"]) == 7
+    assert replicas[0] == replicas[1] == replicas[2]
+    # The first device read the catalogue and the user's rows; its siblings read nothing.
+    assert reads[0] > 0 and reads[1] == reads[2] == 0, reads
