@@ -214,7 +214,12 @@ class Profiler:
 
 
 def run_backend(
-    name: str, env: dict[str, str], duration: int, connections: int, profile: bool = False
+    name: str,
+    env: dict[str, str],
+    duration: int,
+    connections: int,
+    profile: bool = False,
+    workers: int = 1,
 ) -> None:
     settings = Settings.from_environ(env)
     upgrade(env["DATABASE_URL"])
@@ -432,11 +437,67 @@ def run_backend(
             f"  5-mutation push: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
             f"p99 {p99})"
         )
+        if workers > 1:
+            compare_workers(
+                env, server, client, admin, watcher, rows, workers, duration, connections
+            )
     finally:
         bare.terminate()
         server.process.terminate()
         server.process.wait(10)
         bare.wait(10)
+
+
+def compare_workers(
+    env: dict[str, str],
+    single: Any,
+    client: httpx.Client,
+    admin: str,
+    watcher: str,
+    rows: list[dict[str, Any]],
+    workers: int,
+    duration: int,
+    connections: int,
+) -> None:
+    """The same 50-change gzip pull against one process and against `serve --workers N`.
+    The changes are made after both started, so every worker's tail holds them (a process
+    answers cursors older than its start from the database, once)."""
+    log = open(Path(tempfile.mkdtemp()) / "workers.log", "wb")  # noqa: SIM115
+    several = start_server(env, log=log, log_level=None, serve_args=["--workers", str(workers)])
+    try:
+        time.sleep(2)  # every worker up and subscribed
+        cursor = pull(client, watcher, limit=1000).json()["cursor"]
+        while True:
+            page = pull(client, watcher, cursor=cursor, limit=1000).json()
+            cursor = page["cursor"]
+            if not page["more"]:
+                break
+        for listing in rows[50:100]:
+            client.patch(
+                f"/api/admin/listings/{listing['id']}",
+                json={"stock": 999_999},
+                headers={"authorization": f"Bearer {admin}"},
+            ).raise_for_status()
+        time.sleep(1)
+        headers = {"Authorization": f"Bearer {watcher}", "Accept-Encoding": "gzip"}
+        print(f"\n== --workers {workers} vs one process: 50-change gzip pull ==")
+        rates = []
+        for label, base_url in (
+            ("one process", single.base_url),
+            (f"{workers} workers", several.base_url),
+        ):
+            rps, p50, p99 = wrk(
+                f"{base_url}/api/sync/pull?cursor={cursor}&limit=100",
+                duration,
+                connections,
+                headers,
+            )
+            rates.append(rps)
+            print(f"  {label}: {rps:,.0f} req/s (p50 {p50}, p99 {p99})")
+        print(f"  {workers} workers / one process: {rates[1] / rates[0]:.2f}x")
+    finally:
+        several.process.terminate()
+        several.process.wait(15)
 
 
 def main() -> None:
@@ -448,6 +509,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the server during each pull run"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also compare `serve --workers N` with one process (PostgreSQL + Redis only)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -478,7 +545,14 @@ def main() -> None:
                 "REDIS_URL": real.REDIS_URL,
                 "REDIS_PREFIX": prefix,
             }
-            run_backend("PostgreSQL + Redis", env, args.duration, args.connections, args.profile)
+            run_backend(
+                "PostgreSQL + Redis",
+                env,
+                args.duration,
+                args.connections,
+                args.profile,
+                args.workers,
+            )
         finally:
             real.drop_database(database_url)
             real.clear_redis_prefix(prefix)

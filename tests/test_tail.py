@@ -537,3 +537,46 @@ def test_a_users_devices_starting_a_first_sync_together_read_its_rows_once(
     assert replicas[0] == replicas[1] == replicas[2]
     # The first device read the catalogue and the user's rows; its siblings read nothing.
     assert reads[0] > 0 and reads[1] == reads[2] == 0, reads
+
+
+def test_chunks_hold_at_most_a_page_and_survive_eviction() -> None:
+    """Whatever the cursor, a page to its chunk's end holds at most `limit` rows, ends past
+    the cursor, and pages from two cursors meet at the same chunk ends."""
+    tail = ChangeTail(max_entries=60)
+    tail.start_at(0)
+    rng = random.Random(3)
+    position = 0
+    for _ in range(40):
+        entries: dict[tuple[str, str], list[Any]] = {}
+        for _step in range(rng.randint(1, 4)):
+            position += 1
+            key = ("listings", f"row-{rng.randint(0, 14)}")
+            entries.setdefault(key, []).append(_Entry(position, PUBLIC, 0, "stock"))
+        window = Window(
+            position - sum(map(len, entries.values())),
+            position,
+            entries,
+            {
+                key: {"id": key[1], "stock": 1, "status": "published", "deleted_at": None}
+                for key in entries
+            },
+            False,
+        )
+        tail.feed(window, window_entries(window))
+        assert tail.floor is not None
+        for limit in (1, 4):
+            ends = set()
+            for after in range(tail.floor, tail.head + 1):
+                end = tail.chunk_end(PUBLIC, after, limit)
+                assert end is not None and (after < end or end == tail.head)
+                page = tail.page((PUBLIC,), after, limit, until=end)
+                assert page is not None and not page.more and page.rows <= limit
+                chain, at = [], after
+                while at < tail.head:
+                    at = tail.chunk_end(PUBLIC, at, limit) or tail.head
+                    chain.append(at)
+                ends.add(tuple(chain[1:]))
+            # After the first page, the chains from every cursor share their chunk ends.
+            longest = max(ends, key=len)
+            assert all(longest[len(longest) - len(chain) :] == chain for chain in ends)
+    assert len(tail) <= 60 and tail.floor > 0  # eviction happened along the way
