@@ -28,8 +28,8 @@ check: lint typecheck test
 bench: $(STAMP)  ## wire-size and throughput figures for delta sync (needs wrk)
 	$(BIN)/python loadtests/bench_sync.py
 
-load: $(STAMP)  ## locust against 1 and 2 local server processes (PostgreSQL + Redis), bounded
-	$(BIN)/python loadtests/run_load.py --capacity
+load: $(STAMP)  ## issue 18's acceptance profile: locust, 10,000 phones, one server (PostgreSQL + Redis), bounded
+	$(BIN)/python loadtests/run_load.py
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)

@@ -100,7 +100,11 @@ def wrk(
     headers: dict[str, str],
     script: Path | None = None,
     env: dict[str, str] | None = None,
-) -> tuple[float, str, str]:
+    pid: int | None = None,
+) -> tuple[float, str, str, str]:
+    """requests/s, p50, p99 and, with `pid`, that process's CPU per request, split into user
+    and kernel time (on loopback the kernel's share is the sockets of both ends)."""
+    before = process_cpu(pid) if pid else (0.0, 0.0)
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -121,7 +125,35 @@ def wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors:
         print(f"    warning: {errors.group(1)} non-2xx responses from {url}")
-    return rps, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?"
+    cpu = ""
+    if pid:
+        user, system = (
+            after - start for after, start in zip(process_cpu(pid), before, strict=True)
+        )
+        requests = max(rps * duration, 1)
+        cpu = (
+            f"; server CPU {1e6 * (user + system) / requests:.0f} us a request "
+            f"(user {1e6 * user / requests:.0f}, kernel {1e6 * system / requests:.0f})"
+        )
+    return rps, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?", cpu
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by `pid` and its children (workers)."""
+    user = system = 0.0
+    for one in [pid, *children_of(pid)]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+        system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system
+
+
+def children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(child) for child in found.split()]
 
 
 def pull(client: httpx.Client, token: str, **params: Any) -> httpx.Response:
@@ -167,6 +199,9 @@ def session(client: httpx.Client, path: str, body: dict[str, Any]) -> str:
     return str(response.json()["access_token"])
 
 
+OUR_CODE = re.compile(r"\((sync_server|storage|protocol)/")
+
+
 class Profiler:
     """py-spy on the server process during a wrk run: the top frames by own time."""
 
@@ -200,17 +235,24 @@ class Profiler:
         process, out, label = recording
         process.wait(self.duration + 30)
         own: dict[str, int] = {}
+        inclusive: dict[str, int] = {}
         total = 0
         for line in out.read_text().splitlines():
             stack, _, samples = line.rpartition(" ")
             if not samples.isdigit():
                 continue  # py-spy can leave a torn line when the process is busy
-            frame = stack.split(";")[-1]
-            own[frame] = own.get(frame, 0) + int(samples)
+            frames = stack.split(";")
+            own[frames[-1]] = own.get(frames[-1], 0) + int(samples)
+            # Inclusive time of our own functions (line numbers dropped, once per stack).
+            for function in {f.rsplit(":", 1)[0] for f in frames if OUR_CODE.search(f)}:
+                inclusive[function] = inclusive.get(function, 0) + int(samples)
             total += int(samples)
         print(f"    py-spy, {label}: top frames by own time ({total} samples)")
         for name, hits in sorted(own.items(), key=lambda item: -item[1])[:top]:
             print(f"      {100 * hits / max(total, 1):5.1f}%  {name[:110]}")
+        print(f"    py-spy, {label}: our functions by inclusive time")
+        for name, hits in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+            print(f"      {100 * hits / max(total, 1):5.1f}%  {name[:110]})")
 
 
 def run_backend(
@@ -395,12 +437,12 @@ def run_backend(
             f"\n== {name}: requests/s (wrk, 2 threads, {connections} connections, "
             f"{duration}s each) =="
         )
-        bare_rps, bare_p50, bare_p99 = wrk(
-            f"http://127.0.0.1:{bare_port}/bare", duration, connections, {}
+        bare_rps, bare_p50, bare_p99, bare_cpu = wrk(
+            f"http://127.0.0.1:{bare_port}/bare", duration, connections, {}, pid=bare.pid
         )
         print(
             f"  bare Starlette JSON endpoint: {bare_rps:,.0f} req/s (p50 {bare_p50}, "
-            f"p99 {bare_p99})"
+            f"p99 {bare_p99}){bare_cpu}"
         )
         auth = {"Authorization": f"Bearer {buyer}"}
         profiler = Profiler(server.process.pid, duration) if profile else None
@@ -418,14 +460,15 @@ def run_backend(
             ),
         ):
             recording = profiler.start(label) if profiler else None
-            rps, p50, p99 = wrk(url, duration, connections, headers)
+            rps, p50, p99, cpu = wrk(url, duration, connections, headers, pid=server.process.pid)
             print(
                 f"  {label}: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, p99 {p99})"
+                + cpu
             )
             if profiler and recording:
                 profiler.report(recording)
         listings = ",".join(listing["id"] for listing in rows[:50])
-        rps, p50, p99 = wrk(
+        rps, p50, p99, cpu = wrk(
             f"{server.base_url}/api/sync/push",
             duration,
             connections,
@@ -435,7 +478,7 @@ def run_backend(
         )
         print(
             f"  5-mutation push: {rps:,.0f} req/s = {rps / bare_rps:.2f}x bare (p50 {p50}, "
-            f"p99 {p99})"
+            f"p99 {p99}){cpu}"
         )
         if workers > 1:
             compare_workers(
@@ -482,18 +525,19 @@ def compare_workers(
         headers = {"Authorization": f"Bearer {watcher}", "Accept-Encoding": "gzip"}
         print(f"\n== --workers {workers} vs one process: 50-change gzip pull ==")
         rates = []
-        for label, base_url in (
-            ("one process", single.base_url),
-            (f"{workers} workers", several.base_url),
+        for label, base_url, pid in (
+            ("one process", single.base_url, single.process.pid),
+            (f"{workers} workers", several.base_url, several.process.pid),
         ):
-            rps, p50, p99 = wrk(
+            rps, p50, p99, cpu = wrk(
                 f"{base_url}/api/sync/pull?cursor={cursor}&limit=100",
                 duration,
                 connections,
                 headers,
+                pid=pid,
             )
             rates.append(rps)
-            print(f"  {label}: {rps:,.0f} req/s (p50 {p50}, p99 {p99})")
+            print(f"  {label}: {rps:,.0f} req/s (p50 {p50}, p99 {p99}){cpu}")
         print(f"  {workers} workers / one process: {rates[1] / rates[0]:.2f}x")
     finally:
         several.process.terminate()

@@ -90,6 +90,7 @@ async def refresh_gauges(services: Services, metrics: Metrics, edge: EdgeAdmissi
     for priority in Priority:
         metrics.admission_waiting.labels(priority.name.lower()).set(gate.waiting(priority))
     metrics.low_priority_in_flight.set(edge.in_flight)
+    metrics.event_loop_lag.set(edge.lag)
     figures = await outbox_stats(services.db)
     for status in ("pending", "sending", "sent", "dead"):
         metrics.outbox_items.labels(status).set(figures[status])
@@ -171,11 +172,15 @@ def create_app(settings: Settings) -> Starlette:
                     services.feed.listeners.append(lambda _heads, _tables: _wake(worker))
                     background.start_soon(worker.run_forever)
                 background.start_soon(services.limiter.flush_periodically)
+                background.start_soon(edge_admission.watch_loop)
                 yield
                 background.cancel_scope.cancel()
 
     app_metrics = Metrics()
-    edge_admission = EdgeAdmission(max_in_flight=settings.admission_max_low_priority_in_flight)
+    edge_admission = EdgeAdmission(
+        max_in_flight=settings.admission_max_low_priority_in_flight,
+        lag_limit=settings.admission_loop_lag_ms / 1000,
+    )
     # Sync first: the router tries routes in order and background sync is most of the traffic.
     api_routes = [
         *sync.routes,

@@ -389,10 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--keep-alive",
         type=int,
-        default=5,
+        default=75,
         metavar="SECONDS",
-        help="close idle HTTP connections after this long (default 5); behind a proxy that "
-        "pools upstream connections, set it above the proxy's idle timeout",
+        help="close idle HTTP connections after this long (default 75: longer than a "
+        "phone's 30 s background-sync interval, so each poll reuses its connection instead "
+        "of a new TCP handshake, and than nginx's 60 s upstream keepalive_timeout, so a "
+        "proxy never sends on a connection the app is closing)",
     )
     serve.set_defaults(run=cmd_serve)
 

@@ -85,6 +85,11 @@ class Metrics:
             "Low-priority HTTP requests (pulls, listing reads) being served.",
             registry=self.registry,
         )
+        self.event_loop_lag = Gauge(
+            "freshroots_event_loop_lag_seconds",
+            "How late the event loop runs a timer: how long work waits for it (edge shedding).",
+            registry=self.registry,
+        )
         # Children made once: shedding happens under overload, when every microsecond counts.
         self._shed_children = {
             (where, priority): self.shed.labels(where, priority)

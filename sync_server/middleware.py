@@ -4,6 +4,7 @@ pass through untouched and nothing is buffered that need not be."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import itertools
@@ -65,6 +66,10 @@ SHED_HEADERS = [
     *SECURITY_HEADERS,
 ]
 SHED_LOG_SECONDS = 10.0
+# Loop-lag shedding (EdgeAdmission): how often the lag is measured, and how many requests
+# must be in flight before a lagging loop sheds (with fewer, they are not what slows it).
+LAG_TICK_SECONDS = 0.02
+LAGGING_MIN_IN_FLIGHT = 8
 # RFC 6455 "Try Again Later": a live session whose catch-up read was shed.
 WS_TRY_AGAIN_LATER = 1013
 
@@ -77,17 +82,40 @@ def is_low_priority(method: str, path: str) -> bool:
 
 @dataclass
 class EdgeAdmission:
-    """The edge's share of admission control: at most `max_in_flight` low-priority HTTP
-    requests are served at once (0 = no cap); the next one is answered 503 at once.
+    """The edge's share of admission control: which low-priority HTTP requests are answered
+    503 at once, before any work.
 
-    Pulls that need no database (the cached-heads fast path) are bounded here and nowhere
-    else: 1,500 phones pulling back to back would otherwise keep the event loop busy enough
-    to starve admin edits and pushes of it."""
+    Pulls that need no database (the cached-heads fast path, the shared tail) are bounded
+    here and nowhere else: 1,500 phones pulling back to back would otherwise keep the event
+    loop busy enough to starve admin edits and pushes of it. A count alone cannot tell that
+    apart from a harmless burst (sixty phones whose timers fired in the same 20 ms are sixty
+    requests in flight and 10 ms of work), so the signal is the event loop's lag — how late
+    a timer fires, i.e. how long work waits for the loop (`watch_loop`) — as CoDel sheds on
+    how long packets wait, not on how many there are. A request is shed when the loop lags
+    past `lag_limit` with more than a few in flight, or when `max_in_flight` are (0 = no
+    cap), which bounds memory whatever the lag says."""
 
     max_in_flight: int = 0
+    lag_limit: float = 0.05
     in_flight: int = 0
+    lag: float = 0.0
     shed_unlogged: int = 0
     log_after: float = 0.0
+
+    def full(self) -> bool:
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            return True
+        return self.lag > self.lag_limit and self.in_flight >= LAGGING_MIN_IN_FLIGHT
+
+    async def watch_loop(self, every: float = LAG_TICK_SECONDS) -> None:
+        """Measure the loop's lag forever: the latest tick's delay counts in full, and it fades
+        over a few ticks once the loop is free again (a single long tick is not overload)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            planned = loop.time() + every
+            await asyncio.sleep(every)
+            late = max(0.0, loop.time() - planned)
+            self.lag = max(late, self.lag * 0.5)
 
 
 class RequestEdgeMiddleware:
@@ -133,7 +161,7 @@ class RequestEdgeMiddleware:
         low = is_low_priority(scope["method"], path)
         if low:
             admission = self.admission
-            if admission.max_in_flight and admission.in_flight >= admission.max_in_flight:
+            if admission.full():
                 await self._shed(send, state["request_id"])
                 return
             admission.in_flight += 1
@@ -141,11 +169,22 @@ class RequestEdgeMiddleware:
         started = time.perf_counter()
         status = 500
         quiet = False  # a poll that changed nothing
+        counted = low  # in the edge's in-flight count until its answer is handed over
         api = path.startswith("/api")
         dashboard = path.startswith("/admin")
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, quiet
+            nonlocal status, quiet, counted
+            if (
+                counted
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                # Out of the count before the last write: the client's next request on this
+                # connection can arrive while this task is still unwinding, and must not find
+                # its own previous request counted (32 clients would then shed at a cap of 32).
+                counted = False
+                self.admission.in_flight -= 1
             if message["type"] == "http.response.start":
                 status = message["status"]
                 quiet = status == 304
@@ -165,8 +204,9 @@ class RequestEdgeMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            if low:
+            if counted:
                 self.admission.in_flight -= 1
+            if low:
                 request_priority.reset(priority)
             route = scope.get("route")
             if self.metrics is not None:
@@ -214,7 +254,8 @@ class RequestEdgeMiddleware:
                 "overloaded: answering low-priority requests 503",
                 extra={
                     "shed": admission.shed_unlogged,
-                    "max_in_flight": admission.max_in_flight,
+                    "in_flight": admission.in_flight,
+                    "loop_lag_ms": round(admission.lag * 1000, 1),
                 },
             )
             admission.shed_unlogged = 0

@@ -146,11 +146,12 @@ class Settings:
     # before a 503, and how long everything else (pushes, admin, auth, webhooks) may wait.
     admission_low_priority_wait_ms: int = 250
     admission_wait_ms: int = 3000
-    # Low-priority HTTP requests in flight per process beyond which the edge answers 503 at
-    # once, before any work (0 = no cap). 32 = four per low-priority database slot of the
-    # default pool: a queued pull has a few ahead of it, and the event loop never holds more
-    # than a few hundred milliseconds of pull encoding ahead of an admin's edit.
-    admission_max_low_priority_in_flight: int = 32
+    # The edge answers a low-priority HTTP request 503 at once, before any work, when the
+    # event loop lags more than this (work waits that long for the loop) with a few requests
+    # in flight, or when this many are in flight (0 = no cap). 50 ms of lag is a loop that
+    # is behind, not a burst; 256 pulls in flight are ~50 ms of encoding and bound memory.
+    admission_loop_lag_ms: int = 50
+    admission_max_low_priority_in_flight: int = 256
     # How many recent change-log entries each process keeps in memory to answer pulls and
     # live catch-ups without the database (0 = off).
     sync_tail_entries: int = 50_000
@@ -241,8 +242,9 @@ class Settings:
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1),
             admission_low_priority_wait_ms=_int(env, "ADMISSION_LOW_PRIORITY_WAIT_MS", 250, 0),
             admission_wait_ms=_int(env, "ADMISSION_WAIT_MS", 3000, 0),
+            admission_loop_lag_ms=_int(env, "ADMISSION_LOOP_LAG_MS", 50, 1),
             admission_max_low_priority_in_flight=_int(
-                env, "ADMISSION_MAX_LOW_PRIORITY_IN_FLIGHT", 32, 0
+                env, "ADMISSION_MAX_LOW_PRIORITY_IN_FLIGHT", 256, 0
             ),
             sync_tail_entries=_int(env, "SYNC_TAIL_ENTRIES", 50_000, 0),
             shared_pages_megabytes=_int(env, "SHARED_PAGES_MB", 16, 0),

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
@@ -28,6 +29,7 @@ from storage.admission import AdmissionGate, Overloaded, Priority, reserved_slot
 from sync_server.app import create_app
 from sync_server.live import session as live_session
 from sync_server.logs import AccessLog, JsonFormatter
+from sync_server.middleware import EdgeAdmission
 from sync_server.settings import ConfigError, Settings
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, login, register
@@ -344,6 +346,62 @@ def test_the_direct_access_line_is_the_formatter_line(monkeypatch: pytest.Monkey
     assert direct.startswith('{"ts":') and '"level":"info","logger":"' + name in direct
 
 
+def test_access_lines_are_flushed_in_batches_not_one_system_call_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sync_server import logs
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, write_through=False)
+    handler = logging.StreamHandler(stream)
+    monkeypatch.setattr(logs, "_direct_handler", handler)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    name = "freshroots.access.test-" + secrets.token_hex(3)
+    monkeypatch.setattr(logging.getLogger(name), "level", logging.DEBUG)
+    access = AccessLog(name)
+
+    async def serve_three() -> tuple[bytes, bytes]:
+        for number in range(3):
+            access.write(logging.INFO, {"status": 200, "request_id": f"r{number}"})
+        waiting = raw.getvalue()
+        await asyncio.sleep(logs.FLUSH_SECONDS * 3)
+        return waiting, raw.getvalue()
+
+    waiting, flushed = asyncio.run(serve_three())
+    assert waiting == b""  # still in the stream's buffer: no write yet
+    assert [orjson.loads(line)["request_id"] for line in flushed.splitlines()] == ["r0", "r1", "r2"]
+
+
+def test_the_edge_sheds_on_a_lagging_loop_not_on_a_burst() -> None:
+    """Sixty pulls in flight on a free loop are a burst of phones whose timers fired
+    together: served. The same count on a loop that runs late is overload: shed. A few in
+    flight on a late loop are not what slows it: served."""
+
+    async def scenario() -> None:
+        edge = EdgeAdmission(max_in_flight=256, lag_limit=0.05)
+        watcher = asyncio.create_task(edge.watch_loop(every=0.01))
+        edge.in_flight = 60
+        for _ in range(100):  # until the loop is seen free (this machine may be busy)
+            await asyncio.sleep(0.01)
+            if edge.lag < 0.05:
+                break
+        assert not edge.full()
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: the loop is blocked, timers run late
+        await asyncio.sleep(0.001)  # the watcher's overdue tick runs first
+        assert edge.lag >= 0.2
+        assert edge.full()
+        edge.in_flight = 3
+        assert not edge.full()
+        edge.in_flight = 60
+        await asyncio.sleep(0.5)  # free again: the lag fades within a few ticks
+        assert edge.lag < 0.2 and (edge.lag > 0.05 or not edge.full())
+        edge.in_flight = 256
+        assert edge.full()  # the hard cap holds whatever the lag
+        watcher.cancel()
+
+    asyncio.run(scenario())
+
+
 # -- the gate itself -------------------------------------------------------------------------
 
 
@@ -422,13 +480,15 @@ def test_admission_settings_are_checked_and_documented() -> None:
     defaults = Settings.from_environ(secret)
     assert defaults.admission_low_priority_wait_ms == 250
     assert defaults.admission_wait_ms == 3000
-    assert defaults.admission_max_low_priority_in_flight == 32
+    assert defaults.admission_max_low_priority_in_flight == 256
+    assert defaults.admission_loop_lag_ms == 50
     assert defaults.sync_tail_entries == 50_000
     assert Settings.from_environ({**secret, "SYNC_TAIL_ENTRIES": "0"}).sync_tail_entries == 0
     for name in (
         "ADMISSION_LOW_PRIORITY_WAIT_MS",
         "ADMISSION_WAIT_MS",
         "ADMISSION_MAX_LOW_PRIORITY_IN_FLIGHT",
+        "ADMISSION_LOOP_LAG_MS",
         "SYNC_TAIL_ENTRIES",
     ):
         with pytest.raises(ConfigError, match=name):
