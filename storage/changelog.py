@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -58,6 +58,22 @@ class Tx:
         self.dialect = dialect
         self._pending: dict[tuple[str, str, str], _Pending] = {}
         self.after_commit: list[Callable[[], Awaitable[None]]] = []
+        # Reads that many writes of one transaction repeat (a batch of ten purchases notifies
+        # the same buyer and the same admins ten times): read once, by (kind, key). A write
+        # that changes what a kind reads forgets that kind (`forget`).
+        self._lookups: dict[tuple[str, str], Any] = {}
+
+    async def lookup(self, kind: str, key: str, read: Callable[[], Awaitable[Any]]) -> Any:
+        """`read()`'s result, read once per transaction for this (kind, key)."""
+        try:
+            return self._lookups[(kind, key)]
+        except KeyError:
+            value = self._lookups[(kind, key)] = await read()
+            return value
+
+    def forget(self, kind: str) -> None:
+        for remembered in [entry for entry in self._lookups if entry[0] == kind]:
+            del self._lookups[remembered]
 
     def changed(
         self,

@@ -49,15 +49,16 @@ async def notify(
     push_data = {**data, "notification_id": notification_id}
     # Pushes are about orders (a tap opens the order the push names); other notifications
     # stay in-app.
-    devices = []
+    devices: list[Any] = []
     if data.get("order_id"):
-        devices = list(
-            await tx.conn.execute(
-                select(Device.id, Device.expo_push_token).where(
-                    Device.user_id == user_id, Device.active.is_(True)
-                )
+
+        async def read_devices() -> list[Any]:
+            query = select(Device.id, Device.expo_push_token).where(
+                Device.user_id == user_id, Device.active.is_(True)
             )
-        )
+            return list(await tx.conn.execute(query))
+
+        devices = await tx.lookup("devices", user_id, read_devices)
     for device_id, token in devices:
         await enqueue(
             tx,
@@ -68,11 +69,12 @@ async def notify(
         )
     template = EMAIL_TEMPLATES.get(kind)
     if template is not None:
-        address = (
-            await tx.conn.execute(
-                select(User.email).where(User.id == user_id, User.deleted_at.is_(None))
-            )
-        ).scalar_one_or_none()
+
+        async def read_address() -> str | None:
+            query = select(User.email).where(User.id == user_id, User.deleted_at.is_(None))
+            return (await tx.conn.execute(query)).scalar_one_or_none()
+
+        address = await tx.lookup("email", user_id, read_address)
         if address is not None:
             await enqueue(
                 tx,
@@ -85,15 +87,12 @@ async def notify(
 
 
 async def notify_admins(tx: Tx, kind: str, title: str, message: str, data: dict[str, Any]) -> None:
-    admins = (
-        (
-            await tx.conn.execute(
-                select(User.id).where(User.role == "admin", User.deleted_at.is_(None))
-            )
-        )
-        .scalars()
-        .all()
-    )
+
+    async def read_admins() -> list[str]:
+        query = select(User.id).where(User.role == "admin", User.deleted_at.is_(None))
+        return list((await tx.conn.execute(query)).scalars().all())
+
+    admins = await tx.lookup("admins", "", read_admins)
     for admin_id in admins:
         await notify(tx, admin_id, kind, title, message, data)
 

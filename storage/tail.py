@@ -124,6 +124,8 @@ class ChangeTail:
         self._rows: dict[RowKey, Any] = {}  # the row as of `head`; None: gone
         self._row_refs: dict[RowKey, int] = defaultdict(int)
         self._chunks: dict[tuple[str, int], _Chunks] = {}
+        self._started = 0
+        self._left_at: dict[str, int] = {}  # per scope, the newest LEFT entry
 
     @property
     def enabled(self) -> bool:
@@ -141,6 +143,8 @@ class ChangeTail:
         self._rows.clear()
         self._row_refs.clear()
         self._chunks.clear()
+        self._left_at.clear()
+        self._started = position
         self.floor = self.head = position
 
     def feed(self, window: Window, entries: Iterable[TailEntry]) -> None:
@@ -158,6 +162,8 @@ class ChangeTail:
                 scope_log = self._scopes[entry.scope] = _ScopeLog()
             scope_log.append(entry)
             self._row_refs[(entry.table, entry.row_id)] += 1
+            if entry.kind == LEFT:
+                self._left_at[entry.scope] = entry.position
         for key in window.entries:
             self._rows[key] = window.rows.get(key)
         self.head = window.end
@@ -278,6 +284,17 @@ class ChangeTail:
                 full_rows=full_rows,
             )
         return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
+
+    def left_epoch(self, scope: str) -> int:
+        """Changes whenever a row leaves `scope`, and only then.
+
+        A page holds back a row that leaves the scope after the page's end (the page that
+        carries its removal deals with it), so what a page says depends on which removals
+        were known when it was built. A phone must not get a page built before a removal
+        after one built since: the first would patch a row the second held back. Keyed by
+        this epoch, every shared page served at one time was built knowing the same
+        removals. (Not below where the tail began: epochs never repeat across restarts.)"""
+        return max(self._left_at.get(scope, 0), self._started)
 
     def chunk_end(self, scope: str, after: int, limit: int) -> int | None:
         """Where a page of `scope` from `after` ends so that phones converge on shared pages.

@@ -67,7 +67,8 @@ async def shared_page(
     services: Services, principal: Principal, position: int, limit: int
 ) -> SharedAnswer | None:
     """The page for a cursor at `position`, its shared scope's part (public, or admin) encoded
-    once per (scope, position, end, limit) for every phone there, its own rows added.
+    once per (scope, position, end, limit, removals known) for every phone there, its own
+    rows added.
 
     The page ends where the shared scope's chunk ends (`ChangeTail.chunk_end`), so after a
     first page of its own a phone reads whole chunks that every other phone reads too. None
@@ -84,7 +85,7 @@ async def shared_page(
     own = tail.page(tuple(own_scopes), position, limit, until=end)
     if own is None or own.more:
         return None
-    key = ("log", shared_scope, position, end, limit)
+    key = ("log", shared_scope, position, end, limit, tail.left_epoch(shared_scope))
     encoded = services.pages.get(key)
     if encoded is None:
         page = tail.page((shared_scope,), position, limit, until=end)

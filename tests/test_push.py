@@ -4,6 +4,7 @@ dead tokens deactivated; throttling retried; receipts read later."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from sync_server.app import create_app
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, register
 from tests.support.live_server import serve_in_thread
+from tests.support.queries import statements
 
 
 @pytest.fixture
@@ -278,3 +280,57 @@ def test_a_token_reported_dead_in_receipts_is_deactivated(
             ),
             timeout=30,
         )
+
+
+def purchase(listing_id: str, number: int) -> dict[str, Any]:
+    return {
+        "id": number,
+        "name": "purchase_request",
+        "args": {
+            "order_id": "batch-" + secrets.token_hex(5),
+            "payment_method": "cod",
+            "items": [
+                {"item_id": "bi-" + secrets.token_hex(5), "listing_id": listing_id, "quantity": 1}
+            ],
+        },
+    }
+
+
+def test_a_device_registered_mid_batch_gets_the_batchs_later_pushes(
+    backend: Backend, admin_email: str
+) -> None:
+    """A batch reads its buyer's devices once (ten purchases, one read), but a device
+    registered in the batch is there for the purchases after it."""
+    with serve_in_thread(create_app(backend.settings())) as base_url:
+        admin = login(base_url, admin_email, ADMIN_PASSWORD)
+        buyer = register(base_url, "midbatch")
+        first, second = (f"ExponentPushToken[{secrets.token_hex(8)}]" for _ in range(2))
+        register_device(buyer, first)
+        listing = admin.create_listing(stock=10)
+        batch = [
+            purchase(listing["id"], 1),
+            purchase(listing["id"], 2),
+            {
+                "id": 3,
+                "name": "register_device",
+                "args": {"expo_push_token": second, "platform": "android"},
+            },
+            purchase(listing["id"], 4),
+        ]
+        with statements(base_url, lambda sql, _parameters: "FROM devices" in sql) as reads:
+            results = buyer.push(client_id(), batch).json()["results"]
+        assert all(result["ok"] for result in results), results
+        # The buyer's and the admin's devices (each purchase notifies both), read once before
+        # the registration and once after it: 4, where reading per purchase would be 6.
+        assert len(reads) == 4
+    order_ids = [batch[n]["args"]["order_id"] for n in (0, 1, 3)]
+    pushes = query(
+        backend,
+        select(OutboxItem.recipient, OutboxItem.payload).where(
+            OutboxItem.channel == "push", OutboxItem.recipient.in_([first, second])
+        ),
+    )
+    to: dict[str, set[str]] = {order_id: set() for order_id in order_ids}
+    for recipient, payload in pushes:
+        to[json.loads(payload)["data"]["order_id"]].add(recipient)
+    assert to == {order_ids[0]: {first}, order_ids[1]: {first}, order_ids[2]: {first, second}}
