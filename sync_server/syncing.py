@@ -122,9 +122,15 @@ async def shared_snapshot_page(
         state = SnapshotCursor(origin, 0, "")
     where = (state.head, state.table_index, state.last_id, limit)
     # Catalogue pages are everyone's; the pages of a user's own rows are shared by that
-    # user's devices (a household's phones, or one phone's reinstall, starting together).
+    # user's devices (a household's phones, or one phone's reinstall, starting together)
+    # while the user's own rows stay as they were: keyed by their newest position, so a
+    # first sync after the user's own write reads it (never a page built before it).
+    try:
+        own_heads = tuple(await services.feed.heads(principal.scopes[1:]))
+    except Exception:
+        own_heads = (None,)
     everyone = ("snapshot", principal.scopes[0], *where)
-    mine = ("snapshot", principal.scopes, *where)
+    mine = ("snapshot", principal.scopes, own_heads, *where) if None not in own_heads else None
     start = state
 
     async def read() -> EncodedPage:
@@ -132,7 +138,7 @@ async def shared_snapshot_page(
             return EncodedPage(await pull_page(conn, principal, start, limit))
 
     async def build_for_everyone() -> tuple[EncodedPage, bool]:
-        cached = services.pages.get(mine)
+        cached = services.pages.get(mine) if mine is not None else None
         if cached is not None:
             return cached, False
         encoded = await read()
@@ -144,7 +150,8 @@ async def shared_snapshot_page(
         ):
             return encoded, True
         # Where the catalogue ends and the user's own rows begin: this user's page.
-        services.pages.put(mine, encoded)
+        if mine is not None:
+            services.pages.put(mine, encoded)
         return encoded, False
 
     async def build_for_me() -> tuple[EncodedPage, bool]:
@@ -153,8 +160,10 @@ async def shared_snapshot_page(
     try:
         if state.table_index == 0:
             encoded = await services.pages.shared(everyone, build_for_everyone)
-        else:
+        elif mine is not None:
             encoded = await services.pages.shared(mine, build_for_me)
+        else:
+            encoded = await read()
     except CursorExpired:
         return None
     return SharedAnswer(encoded, {}, encoded.page.more, encoded.page.next_state)

@@ -537,6 +537,32 @@ def test_a_users_devices_starting_a_first_sync_together_read_its_rows_once(
     assert replicas[0] == replicas[1] == replicas[2]
     # The first device read the catalogue and the user's rows; its siblings read nothing.
     assert reads[0] > 0 and reads[1] == reads[2] == 0, reads
+    # Once the user writes, a device starting now gets the write in its first sync (read your
+    # writes): never a page of the user's rows built before it.
+    order_id = "ord-" + secrets.token_hex(6)
+    buyer.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": order_id,
+                    "payment_method": "cod",
+                    "items": [
+                        {
+                            "item_id": "itm-" + secrets.token_hex(6),
+                            "listing_id": listing["id"],
+                            "quantity": 1,
+                        }
+                    ],
+                },
+            }
+        ],
+    )
+    late = Api(own_server)
+    late.token = buyer.token
+    assert order_id in build(late.pull_all(limit=3)[1])["orders"]
 
 
 def test_chunks_hold_at_most_a_page_and_survive_eviction() -> None:
