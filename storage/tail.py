@@ -285,6 +285,14 @@ class ChangeTail:
             )
         return PullPage(changes, LogCursor(position), more=more, rows=len(grouped))
 
+    def scope_head(self, scope: str) -> int | None:
+        """A value that changes whenever `scope` gets an entry: its newest position here, or
+        the floor when the tail holds none of its entries. None before the first window."""
+        if self.floor is None:
+            return None
+        scope_log = self._scopes.get(scope)
+        return scope_log.positions[-1] if scope_log else self.floor
+
     def left_epoch(self, scope: str) -> int:
         """Changes whenever a row leaves `scope`, and only then.
 

@@ -125,10 +125,9 @@ async def shared_snapshot_page(
     # user's devices (a household's phones, or one phone's reinstall, starting together)
     # while the user's own rows stay as they were: keyed by their newest position, so a
     # first sync after the user's own write reads it (never a page built before it).
-    try:
-        own_heads = tuple(await services.feed.heads(principal.scopes[1:]))
-    except Exception:
-        own_heads = (None,)
+    tail = services.live.tail
+    await wait_for_tail(services, principal)  # the user's writes this process knows of
+    own_heads = tuple(tail.scope_head(scope) for scope in principal.scopes[1:])
     everyone = ("snapshot", principal.scopes[0], *where)
     mine = ("snapshot", principal.scopes, own_heads, *where) if None not in own_heads else None
     start = state
