@@ -468,6 +468,29 @@ def shed_counts(base_url: str) -> dict[str, float]:
     }
 
 
+def gc_pauses(base_url: str) -> str:
+    """The server's cyclic garbage collections so far, per generation: count, total, and the
+    share of the longest bucket (each one stops the event loop)."""
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return "unknown"
+    parts = []
+    for generation in range(3):
+        count = re.search(
+            rf'^freshroots_gc_pause_seconds_count\{{generation="{generation}"\}} (\S+)$', text, re.M
+        )
+        total = re.search(
+            rf'^freshroots_gc_pause_seconds_sum\{{generation="{generation}"\}} (\S+)$', text, re.M
+        )
+        if count and total:
+            parts.append(
+                f"generation {generation}: {float(count.group(1)):,.0f} collections, "
+                f"{float(total.group(1)):.2f} s"
+            )
+    return "; ".join(parts) or "none"
+
+
 def run_locust(
     server: ServerProcess,
     database: str,
@@ -617,6 +640,7 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
             server, database_url.rsplit("/", 1)[1], folder, locust_env, args
         )
         shed = shed_counts(server.base_url)
+        print(f"  server garbage collections: {gc_pauses(server.base_url)}", flush=True)
         activity = asyncio.run(log_activity(settings, (steady["started"], steady["ended"])))
     finally:
         if server is not None:

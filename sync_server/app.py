@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from storage.pull import log_head
 from sync_server.channels import build_channels
 from sync_server.errors import FreshRootsError, error_response
 from sync_server.http import json_response
-from sync_server.metrics import Metrics
+from sync_server.metrics import GcPauses, Metrics
 from sync_server.middleware import (
     BodyMiddleware,
     CompressionMiddleware,
@@ -173,7 +174,17 @@ def create_app(settings: Settings) -> Starlette:
                     background.start_soon(worker.run_forever)
                 background.start_soon(services.limiter.flush_periodically)
                 background.start_soon(edge_admission.watch_loop)
-                yield
+                gc_pauses = GcPauses(app_metrics)
+                gc_pauses.install()
+                # Everything built so far (modules, the ORM's metadata, compiled statements)
+                # lives as long as the process: out of the collector's reach, a full collection
+                # walks only what requests and connections made since.
+                gc.collect()
+                gc.freeze()
+                try:
+                    yield
+                finally:
+                    gc_pauses.remove()
                 background.cancel_scope.cancel()
 
     app_metrics = Metrics()

@@ -4,6 +4,8 @@ request path; gauges that describe state (outbox lag, pool use, sockets) are rea
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,6 +87,13 @@ class Metrics:
             "Low-priority HTTP requests (pulls, listing reads) being served.",
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "freshroots_gc_pause_seconds",
+            "Cyclic garbage collections by generation: each one stops the event loop.",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
         self.event_loop_lag = Gauge(
             "freshroots_event_loop_lag_seconds",
             "How late the event loop runs a timer: how long work waits for it (edge shedding).",
@@ -126,3 +135,25 @@ class Metrics:
         if self.refresh is not None:
             await self.refresh()
         return generate_latest(self.registry)
+
+
+class GcPauses:
+    """Times the interpreter's cyclic collections (`gc.callbacks`) into `Metrics.gc_pause`:
+    a full collection over a large heap stops every request for its length."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._children = [metrics.gc_pause.labels(str(generation)) for generation in range(3)]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

@@ -25,9 +25,16 @@ def decode_cursor(
 
 
 async def nothing_new(services: Services, principal: Principal, state: CursorState | None) -> bool:
-    """Fast path: the cached heads prove no change in scope since the cursor (no database)."""
+    """Fast path: no change in scope since the cursor, proven with no database read — by the
+    process's tail when it covers the cursor (it holds every entry up to its head, and is as
+    fresh as what this process has heard of), else by the cached heads."""
     if not isinstance(state, LogCursor):
         return False
+    tail = services.live.tail
+    if tail.covers(state.position):
+        await wait_for_tail(services, principal)
+        if tail.covers(state.position):
+            return not any(tail.has_after(scope, state.position) for scope in principal.scopes)
     try:
         heads = await services.feed.heads(principal.scopes)
     except Exception:
