@@ -73,6 +73,7 @@ async def mark_notifications_read(
 ) -> dict[str, Any]:
     if not args.ids:
         return {"updated": 0}
+    await tx.flush_inserts()  # notifications this transaction made are readable too
     changed = (
         (
             await tx.conn.execute(

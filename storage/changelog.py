@@ -50,6 +50,12 @@ class _Pending:
     fields: set[str] = field(default_factory=set)
 
 
+@dataclass
+class Checkpoint:
+    pending: dict[tuple[str, str, str], _Pending]
+    deferred: int
+
+
 class Tx:
     """A write transaction with its change records, appended at commit."""
 
@@ -62,6 +68,23 @@ class Tx:
         # the same buyer and the same admins ten times): read once, by (kind, key). A write
         # that changes what a kind reads forgets that kind (`forget`).
         self._lookups: dict[tuple[str, str], Any] = {}
+        # Rows nothing reads back in this transaction (notifications, outbox items), written
+        # together just before the change records: one statement per target, not per row.
+        self._deferred: list[tuple[Any, dict[str, Any]]] = []
+
+    def insert_later(self, statement: Any, row: dict[str, Any]) -> None:
+        """Insert `row` with `statement` (a module-level insert, so rows for one target share
+        it) before commit. A savepoint rolled back drops the rows deferred inside it."""
+        self._deferred.append((statement, row))
+
+    async def flush_inserts(self) -> None:
+        """Write the deferred rows now (before anything in the transaction reads them)."""
+        batches: dict[int, tuple[Any, list[dict[str, Any]]]] = {}
+        for statement, row in self._deferred:
+            batches.setdefault(id(statement), (statement, []))[1].append(row)
+        self._deferred = []
+        for statement, rows in batches.values():
+            await self.conn.execute(statement, rows)
 
     async def lookup(self, kind: str, key: str, read: Callable[[], Awaitable[Any]]) -> Any:
         """`read()`'s result, read once per transaction for this (kind, key)."""
@@ -106,12 +129,14 @@ class Tx:
     def created(self, table: str, row_id: str, scopes: frozenset[str]) -> None:
         self.changed(table, row_id, before=frozenset(), after=scopes)
 
-    def checkpoint(self) -> dict[tuple[str, str, str], _Pending]:
+    def checkpoint(self) -> Checkpoint:
         """A copy of the records so far, to restore when a savepoint is rolled back."""
-        return {key: _Pending(p.kind, set(p.fields)) for key, p in self._pending.items()}
+        pending = {key: _Pending(p.kind, set(p.fields)) for key, p in self._pending.items()}
+        return Checkpoint(pending, len(self._deferred))
 
-    def restore(self, checkpoint: dict[tuple[str, str, str], _Pending]) -> None:
-        self._pending = checkpoint
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self._pending = checkpoint.pending
+        del self._deferred[checkpoint.deferred :]
 
     @asynccontextmanager
     async def patient(self) -> AsyncIterator[None]:
@@ -172,6 +197,7 @@ class ChangeLog:
         async with self.db.write() as conn:
             tx = Tx(conn, self.db.dialect)
             yield tx
+            await tx.flush_inserts()
             heads, tables = await tx.append()
         if heads:
             await self.feed.announce(heads, tables)

@@ -44,24 +44,31 @@ class Outcome:
     retry_after: float | None = None
 
 
+# One statement object per dialect, so a transaction's items go out in one multi-row insert.
+OUTBOX_INSERTS = {
+    "postgresql": postgresql.insert(OutboxItem).on_conflict_do_nothing(
+        index_elements=["dedupe_key"]
+    ),
+    "sqlite": sqlite.insert(OutboxItem).on_conflict_do_nothing(index_elements=["dedupe_key"]),
+}
+
+
 async def enqueue(
     tx: Tx, channel: str, dedupe_key: str, recipient: str, payload: dict[str, Any]
 ) -> None:
-    insert_for = postgresql.insert if tx.dialect == "postgresql" else sqlite.insert
     now = now_ms()
-    await tx.conn.execute(
-        insert_for(OutboxItem)
-        .values(
-            channel=channel,
-            dedupe_key=dedupe_key[:200],
-            recipient=recipient,
-            payload=orjson.dumps(payload).decode(),
-            status="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    tx.insert_later(
+        OUTBOX_INSERTS[tx.dialect],
+        {
+            "channel": channel,
+            "dedupe_key": dedupe_key[:200],
+            "recipient": recipient,
+            "payload": orjson.dumps(payload).decode(),
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        },
     )
 
 

@@ -13,6 +13,8 @@ from storage.models import AdminAction, Device, Notification, User
 from storage.outbox import enqueue
 from storage.scopes import ADMIN_ONLY, personal_scopes
 
+NOTIFICATION_INSERT = insert(Notification)
+
 # Notification kinds that also go out by email, and the template each uses.
 EMAIL_TEMPLATES = {
     "order_pending": "order_confirmation",
@@ -33,17 +35,18 @@ async def notify(
     """Write an in-app notification row (sync delivers it) and, in the same transaction, the
     outbox items that push it to each of the user's devices and, for order events, email it."""
     notification_id = new_id()
-    await tx.conn.execute(
-        insert(Notification).values(
-            id=notification_id,
-            user_id=user_id,
-            type=kind,
-            title=title,
-            message=message,
-            read=False,
-            data=orjson.dumps({**data, "notification_id": notification_id}).decode(),
-            created_at=now_ms(),
-        )
+    tx.insert_later(
+        NOTIFICATION_INSERT,
+        {
+            "id": notification_id,
+            "user_id": user_id,
+            "type": kind,
+            "title": title,
+            "message": message,
+            "read": False,
+            "data": orjson.dumps({**data, "notification_id": notification_id}).decode(),
+            "created_at": now_ms(),
+        },
     )
     tx.created("notifications", notification_id, personal_scopes(user_id))
     push_data = {**data, "notification_id": notification_id}
