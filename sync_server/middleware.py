@@ -5,6 +5,7 @@ pass through untouched and nothing is buffered that need not be."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gzip
 import itertools
@@ -69,6 +70,7 @@ SHED_LOG_SECONDS = 10.0
 # Loop-lag shedding (EdgeAdmission): how often the lag is measured, and how many requests
 # must be in flight before a lagging loop sheds (with fewer, they are not what slows it).
 LAG_TICK_SECONDS = 0.02
+LAG_TICKS_SUSTAINED = 3
 LAGGING_MIN_IN_FLIGHT = 8
 # RFC 6455 "Try Again Later": a live session whose catch-up read was shed.
 WS_TRY_AGAIN_LATER = 1013
@@ -108,14 +110,16 @@ class EdgeAdmission:
         return self.lag > self.lag_limit and self.in_flight >= LAGGING_MIN_IN_FLIGHT
 
     async def watch_loop(self, every: float = LAG_TICK_SECONDS) -> None:
-        """Measure the loop's lag forever: the latest tick's delay counts in full, and it fades
-        over a few ticks once the loop is free again (a single long tick is not overload)."""
+        """Measure the loop's lag forever: the least of the last few ticks' delays. A loop
+        that is behind is late on every tick; one long pause (a garbage collection, a big
+        page) makes one tick late and is not overload, so it sheds nothing."""
         loop = asyncio.get_running_loop()
+        recent = collections.deque([0.0] * LAG_TICKS_SUSTAINED, maxlen=LAG_TICKS_SUSTAINED)
         while True:
             planned = loop.time() + every
             await asyncio.sleep(every)
-            late = max(0.0, loop.time() - planned)
-            self.lag = max(late, self.lag * 0.5)
+            recent.append(max(0.0, loop.time() - planned))
+            self.lag = min(recent)
 
 
 class RequestEdgeMiddleware:
