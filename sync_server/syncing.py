@@ -26,10 +26,15 @@ def decode_cursor(
 
 async def nothing_new(services: Services, principal: Principal, state: CursorState | None) -> bool:
     """Fast path: no change in scope since the cursor, proven with no database read — by the
-    process's tail when it covers the cursor (it holds every entry up to its head, and is as
-    fresh as what this process has heard of), else by the cached heads."""
+    heads this process has heard of while they are fresh, else by the process's tail when it
+    covers the cursor (it holds every entry up to its head: no Redis round trip), else by
+    the shared cached heads."""
     if not isinstance(state, LogCursor):
         return False
+    local = services.feed.local
+    known = [local.get(scope) for scope in principal.scopes]
+    if None not in known:  # what this process has heard of, still fresh: no I/O at all
+        return all(head is not None and head <= state.position for head in known)
     tail = services.live.tail
     if tail.covers(state.position):
         await wait_for_tail(services, principal)
