@@ -476,7 +476,7 @@ def gc_pauses(base_url: str) -> str:
     except httpx.HTTPError:
         return "unknown"
     parts = []
-    for generation in range(3):
+    for generation in (1, 2):  # the server does not time generation 0 (see GcPauses)
         count = re.search(
             rf'^freshroots_gc_pause_seconds_count\{{generation="{generation}"\}} (\S+)$', text, re.M
         )
