@@ -38,6 +38,7 @@ from typing import Any
 import brotli
 import httpx
 import orjson
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -141,19 +142,19 @@ def wrk(
 def process_cpu(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds used so far by `pid` and its children (workers)."""
     user = system = 0.0
-    for one in [pid, *children_of(pid)]:
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return user, system
+    for process in processes:
         try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
             continue
-        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
-        system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+        user += times.user
+        system += times.system
     return user, system
-
-
-def children_of(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(child) for child in found.split()]
 
 
 def pull(client: httpx.Client, token: str, **params: Any) -> httpx.Response:

@@ -18,7 +18,7 @@ from storage.db import Database
 from storage.models import Device, OutboxItem
 from sync_server.app import create_app
 from tests.conftest import ADMIN_PASSWORD, Backend
-from tests.support.api import Api, client_id, login, register
+from tests.support.api import Api, client_id, login, purchase, register
 from tests.support.live_server import serve_in_thread
 from tests.support.queries import statements
 
@@ -282,20 +282,6 @@ def test_a_token_reported_dead_in_receipts_is_deactivated(
         )
 
 
-def purchase(listing_id: str, number: int) -> dict[str, Any]:
-    return {
-        "id": number,
-        "name": "purchase_request",
-        "args": {
-            "order_id": "batch-" + secrets.token_hex(5),
-            "payment_method": "cod",
-            "items": [
-                {"item_id": "bi-" + secrets.token_hex(5), "listing_id": listing_id, "quantity": 1}
-            ],
-        },
-    }
-
-
 def test_a_device_registered_mid_batch_gets_the_batchs_later_pushes(
     backend: Backend, admin_email: str
 ) -> None:
@@ -308,14 +294,14 @@ def test_a_device_registered_mid_batch_gets_the_batchs_later_pushes(
         register_device(buyer, first)
         listing = admin.create_listing(stock=10)
         batch = [
-            purchase(listing["id"], 1),
-            purchase(listing["id"], 2),
+            purchase(1, listing["id"]),
+            purchase(2, listing["id"]),
             {
                 "id": 3,
                 "name": "register_device",
                 "args": {"expo_push_token": second, "platform": "android"},
             },
-            purchase(listing["id"], 4),
+            purchase(4, listing["id"]),
         ]
         with statements(base_url, lambda sql, _parameters: "FROM devices" in sql) as reads:
             results = buyer.push(client_id(), batch).json()["results"]

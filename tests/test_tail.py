@@ -20,7 +20,7 @@ from storage.tail import ChangeTail, window_entries
 from sync_server.app import create_app
 from sync_server.syncing import read_page
 from tests.conftest import ADMIN_PASSWORD, Backend
-from tests.support.api import Api, client_id, login, register
+from tests.support.api import Api, client_id, login, purchase, register
 from tests.support.live_server import run_in_server, serve_in_thread
 from tests.support.queries import statements
 from tests.support.replica import build, without_empty
@@ -66,23 +66,7 @@ def test_a_pull_inside_the_tail_reads_nothing_from_the_database(
         assert admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": 7}).is_success
     order = buyer.push(
         client_id(),
-        [
-            {
-                "id": 1,
-                "name": "purchase_request",
-                "args": {
-                    "order_id": "ord-" + secrets.token_hex(6),
-                    "payment_method": "cod",
-                    "items": [
-                        {
-                            "item_id": "itm-" + secrets.token_hex(6),
-                            "listing_id": listings[0]["id"],
-                            "quantity": 2,
-                        }
-                    ],
-                },
-            }
-        ],
+        [purchase(1, listings[0]["id"], quantity=2)],
     )
     assert order.json()["results"][0]["ok"]
     wait_for_hub(own_server)
@@ -146,23 +130,7 @@ def test_tail_pages_are_the_database_pages(own_server: str, admin_email: str) ->
             order_id = "ord-" + secrets.token_hex(6)
             buyer.push(
                 devices[id(buyer)],
-                [
-                    {
-                        "id": next(mutation_ids[id(buyer)]),
-                        "name": "purchase_request",
-                        "args": {
-                            "order_id": order_id,
-                            "payment_method": "cod",
-                            "items": [
-                                {
-                                    "item_id": "itm-" + secrets.token_hex(6),
-                                    "listing_id": listing["id"],
-                                    "quantity": 1,
-                                }
-                            ],
-                        },
-                    }
-                ],
+                [purchase(next(mutation_ids[id(buyer)]), listing["id"], order_id=order_id)],
             )
             orders.append((buyer, order_id))
         elif action < 0.85 and orders:
@@ -374,22 +342,7 @@ def test_a_phone_with_changes_of_its_own_gets_them_after_the_shared_part(
     buyer.push(
         client_id(),
         [
-            {
-                "id": number,
-                "name": "purchase_request",
-                "args": {
-                    "order_id": order_id,
-                    "payment_method": "cod",
-                    "note": "à la porte, merci " * number,
-                    "items": [
-                        {
-                            "item_id": "itm-" + secrets.token_hex(6),
-                            "listing_id": listing["id"],
-                            "quantity": 1,
-                        }
-                    ],
-                },
-            }
+            purchase(number, listing["id"], order_id=order_id, note="à la porte, merci " * number)
             for number, (order_id, listing) in enumerate(
                 zip(order_ids, listings[:4], strict=True), 1
             )
@@ -427,23 +380,7 @@ def test_a_phone_with_changes_of_its_own_gets_its_own_page(
     order_id = "ord-" + secrets.token_hex(6)
     buyer.push(
         client_id(),
-        [
-            {
-                "id": 1,
-                "name": "purchase_request",
-                "args": {
-                    "order_id": order_id,
-                    "payment_method": "cod",
-                    "items": [
-                        {
-                            "item_id": "itm-" + secrets.token_hex(6),
-                            "listing_id": listing["id"],
-                            "quantity": 1,
-                        }
-                    ],
-                },
-            }
-        ],
+        [purchase(1, listing["id"], order_id=order_id)],
     )
     wait_for_hub(own_server)
     own = buyer.get("/api/sync/pull", params={"cursor": mine}).json()
@@ -505,24 +442,7 @@ def test_a_users_devices_starting_a_first_sync_together_read_its_rows_once(
     buyer = register(own_server, "household")
     buyer.push(
         client_id(),
-        [
-            {
-                "id": number,
-                "name": "purchase_request",
-                "args": {
-                    "order_id": "ord-" + secrets.token_hex(6),
-                    "payment_method": "cod",
-                    "items": [
-                        {
-                            "item_id": "itm-" + secrets.token_hex(6),
-                            "listing_id": listing["id"],
-                            "quantity": 1,
-                        }
-                    ],
-                },
-            }
-            for number in range(1, 8)
-        ],
+        [purchase(number, listing["id"]) for number in range(1, 8)],
     )
     wait_for_hub(own_server)
     devices = [Api(own_server) for _ in range(3)]
@@ -544,23 +464,7 @@ def test_a_users_devices_starting_a_first_sync_together_read_its_rows_once(
     order_id = "ord-" + secrets.token_hex(6)
     buyer.push(
         client_id(),
-        [
-            {
-                "id": 1,
-                "name": "purchase_request",
-                "args": {
-                    "order_id": order_id,
-                    "payment_method": "cod",
-                    "items": [
-                        {
-                            "item_id": "itm-" + secrets.token_hex(6),
-                            "listing_id": listing["id"],
-                            "quantity": 1,
-                        }
-                    ],
-                },
-            }
-        ],
+        [purchase(1, listing["id"], order_id=order_id)],
     )
     late = Api(own_server)
     late.token = buyer.token

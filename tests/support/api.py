@@ -20,6 +20,31 @@ def client_id() -> str:
     return "dev-" + secrets.token_hex(8)
 
 
+def purchase(
+    number: int,
+    listing_id: str,
+    *,
+    order_id: str | None = None,
+    quantity: int = 1,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """A `purchase_request` mutation of one item, cash on delivery, with fresh ids."""
+    args: dict[str, Any] = {
+        "order_id": order_id or "ord-" + secrets.token_hex(6),
+        "payment_method": "cod",
+        "items": [
+            {
+                "item_id": "itm-" + secrets.token_hex(6),
+                "listing_id": listing_id,
+                "quantity": quantity,
+            }
+        ],
+    }
+    if note is not None:
+        args["note"] = note
+    return {"id": number, "name": "purchase_request", "args": args}
+
+
 class Api:
     """One signed-in person (or anonymous) talking to one server."""
 
