@@ -49,18 +49,30 @@ class TailEntry:
 
 
 class _ScopeLog:
-    """One scope's entries in position order; evicted from the front without copying."""
+    """One scope's entries in position order; evicted from the front without copying.
 
-    __slots__ = ("entries", "positions", "start")
+    Its removals (LEFT entries) are indexed apart: a page asks which of its rows leave the
+    scope after its end, and scanning every later entry for the few removals cost a first
+    page from an old cursor a walk over the rest of the tail."""
+
+    __slots__ = ("entries", "left_positions", "lefts", "positions", "start")
 
     def __init__(self) -> None:
         self.entries: list[TailEntry] = []
         self.positions: list[int] = []
         self.start = 0
+        self.lefts: list[TailEntry] = []
+        self.left_positions: list[int] = []
 
     def append(self, entry: TailEntry) -> None:
         self.entries.append(entry)
         self.positions.append(entry.position)
+        if entry.kind == LEFT:
+            self.lefts.append(entry)
+            self.left_positions.append(entry.position)
+
+    def left_after(self, position: int) -> list[TailEntry]:
+        return self.lefts[bisect_right(self.left_positions, position) :]
 
     def after(self, position: int) -> list[TailEntry]:
         index = max(self.start, bisect_right(self.positions, position))
@@ -76,6 +88,10 @@ class _ScopeLog:
             del self.entries[: self.start]
             del self.positions[: self.start]
             self.start = 0
+        gone = bisect_right(self.left_positions, floor)
+        if gone:
+            del self.lefts[:gone]
+            del self.left_positions[:gone]
 
     def __len__(self) -> int:
         return len(self.entries) - self.start
@@ -85,13 +101,22 @@ class _ScopeLog:
 MAX_CHUNKINGS = 8
 
 
+def chunk_rows(limit: int) -> int:
+    """Distinct shared rows in a chunk for pages of `limit`: a tenth less, so that a phone's
+    own rows (its orders, notifications) usually fit beside a whole chunk in one page. A
+    page that holds both must stay within `limit`; with chunks of `limit` rows any phone
+    with one row of its own would fall off the shared pages onto a page of its own."""
+    return max(1, limit - limit // 10)
+
+
 class _Chunks:
-    """One scope's log cut into runs of at most `limit` distinct rows (see `chunk_end`)."""
+    """One scope's log cut into runs of at most `chunk_rows(limit)` distinct rows (see
+    `chunk_end`)."""
 
     __slots__ = ("ends", "limit", "open_rows", "scanned")
 
     def __init__(self, limit: int, start: int) -> None:
-        self.limit = limit
+        self.limit = chunk_rows(limit)
         self.ends: list[int] = []  # the last position of each closed chunk, ascending
         self.open_rows: set[RowKey] = set()
         self.scanned = start
@@ -307,11 +332,12 @@ class ChangeTail:
     def chunk_end(self, scope: str, after: int, limit: int) -> int | None:
         """Where a page of `scope` from `after` ends so that phones converge on shared pages.
 
-        The scope's log is cut, from where the tail began, into chunks of at most `limit`
-        distinct rows. A page ends at the end of the chunk its cursor is in (or at the head,
-        in the chunk still growing), so a phone's first page is its own, and every page after
-        it is a whole chunk, the same bytes for every phone that passes through it, however
-        different their cursors were. None: not covered, or too many page sizes in use."""
+        The scope's log is cut, from where the tail began, into chunks of at most
+        `chunk_rows(limit)` distinct rows. A page ends at the end of the chunk its cursor is
+        in (or at the head, in the chunk still growing), so a phone's first page is its own,
+        and every page after it is a whole chunk, the same bytes for every phone that passes
+        through it, however different their cursors were. None: not covered, or too many
+        page sizes in use."""
         if not self.covers(after):
             return None
         chunks = self._chunks.get((scope, limit))
@@ -332,11 +358,14 @@ class ChangeTail:
         held = {key for key, seen in grouped.items() if seen.held_at_end}
         if not held:
             return set()
-        return {
-            (entry.table, entry.row_id)
-            for entry in self._since(scopes, after)
-            if entry.kind == LEFT and (entry.table, entry.row_id) in held
-        }
+        left: set[RowKey] = set()
+        for scope in scopes:
+            scope_log = self._scopes.get(scope)
+            if scope_log is not None:
+                for entry in scope_log.left_after(after):
+                    if (entry.table, entry.row_id) in held:
+                        left.add((entry.table, entry.row_id))
+        return left
 
 
 def window_entries(window: Window) -> list[TailEntry]:

@@ -329,6 +329,39 @@ def test_phones_at_different_cursors_converge_on_the_same_pages(
     assert len(first_run) >= 4
 
 
+def test_a_phone_with_rows_of_its_own_still_reads_the_shared_chunks(
+    own_server: str, admin_email: str
+) -> None:
+    """Chunks leave room for a phone's own rows: a buyer whose order falls inside a full
+    chunk reads the same shared pages as a phone with nothing of its own (before, the chunk
+    plus its order passed `limit` and the buyer fell back to pages of its own)."""
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    listings = [admin.create_listing(title=f"Réserve {n}", stock=50) for n in range(40)]
+    watcher, buyer = register(own_server, "watcher"), register(own_server, "reserver")
+    wait_for_hub(own_server)
+    cursors = [watcher.pull_all()[0], buyer.pull_all()[0]]
+    order_id = "ord-" + secrets.token_hex(6)
+    buyer.push(client_id(), [purchase(1, listings[0]["id"], order_id=order_id)])
+    for stock in (45, 40):
+        for listing in listings:
+            admin.patch(f"/api/admin/listings/{listing['id']}", json={"stock": stock})
+    wait_for_hub(own_server)
+    _, watched = watcher.pull_all(cursors[0], limit=20)
+    hits = pages_counters(own_server)[0]
+    _, bought = buyer.pull_all(cursors[1], limit=20)
+    assert pages_counters(own_server)[0] - hits == len(bought)  # every page shared
+    assert [page["changes"].get("listings") for page in bought] == [
+        page["changes"].get("listings") for page in watched
+    ]
+    assert all(
+        sum(len(rows) for table in page["changes"].values() for rows in table.values()) <= 20
+        for page in bought
+    )
+    final = build(bought, {"listings": {row["id"]: dict(row) for row in listings}})
+    assert order_id in final["orders"]
+    assert {row["stock"] for row in final["listings"].values()} == {40}
+
+
 @pytest.mark.parametrize("encoding", ["br", "gzip", "identity"])
 def test_a_phone_with_changes_of_its_own_gets_them_after_the_shared_part(
     own_server: str, admin_email: str, encoding: str
