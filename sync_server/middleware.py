@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gzip
 import itertools
 import logging
@@ -72,8 +71,6 @@ SHED_LOG_SECONDS = 10.0
 LAG_TICK_SECONDS = 0.02
 LAG_TICKS_SUSTAINED = 3
 LAGGING_MIN_IN_FLIGHT = 8
-# RFC 6455 "Try Again Later": a live session whose catch-up read was shed.
-WS_TRY_AGAIN_LATER = 1013
 
 
 def is_low_priority(method: str, path: str) -> bool:
@@ -150,10 +147,7 @@ class RequestEdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await self._websocket(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         request_id = ""
         for name, value in scope["headers"]:
@@ -264,38 +258,6 @@ class RequestEdgeMiddleware:
             )
             admission.shed_unlogged = 0
             admission.log_after = now + SHED_LOG_SECONDS
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Live sessions read at low priority (their catch-ups are pulls). If a read is shed
-        after the handshake, the error handler's 503 cannot be sent as HTTP any more: close
-        with 1013 (Try Again Later) instead; the client reconnects from its cursor."""
-        accepted = replaced = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal accepted, replaced
-            kind = message["type"]
-            if kind == "websocket.accept":
-                accepted = True
-            elif accepted and kind == "websocket.http.response.start":
-                replaced = True
-                busy = message["status"] in (429, 503)
-                close = {
-                    "type": "websocket.close",
-                    "code": WS_TRY_AGAIN_LATER if busy else 1011,
-                    "reason": "busy; resume from your cursor later" if busy else "server error",
-                }
-                with contextlib.suppress(Exception):  # the client may be gone already
-                    await send(close)
-                return
-            elif replaced and kind == "websocket.http.response.body":
-                return
-            await send(message)
-
-        priority = request_priority.set(Priority.LOW)
-        try:
-            await self.app(scope, receive, guarded_send)
-        finally:
-            request_priority.reset(priority)
 
 
 class BodyMiddleware:

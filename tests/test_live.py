@@ -160,6 +160,33 @@ def test_close_codes(server: str, buyer: Api, backend: Backend) -> None:
         assert closed.value.rcvd.code == 4408  # type: ignore[attr-defined]
 
 
+def test_an_idle_socket_is_pinged_and_closed_when_its_token_expires(backend: Backend) -> None:
+    """Pings and expiry are one sweep over every session (no timer per socket): an idle
+    socket still gets its pings, and a socket whose token runs out is closed with 4401."""
+    app = create_app(backend.settings(WS_PING_SECONDS="0.5"))
+    with serve_in_thread(app) as base_url:
+        buyer = register(base_url, "pinged")
+        tokens = app.state.services.access_tokens
+        client = LiveClient(base_url, buyer.token)  # type: ignore[arg-type]
+        try:
+            client.catch_up()
+            pings = 0
+            deadline = time.monotonic() + 10
+            while pings < 2 and time.monotonic() < deadline:
+                pings += client.receive(timeout=5)["type"] == "ping"  # answered with a pong
+            assert pings == 2
+        finally:
+            client.close()
+        # A token with two seconds left: the socket is served, then closed when it expires.
+        lifetime = tokens.lifetime_seconds
+        short = tokens.issue(buyer.user["id"], "user", now=int(time.time()) - lifetime + 2)
+        expiring = LiveClient(base_url, short)
+        expiring.catch_up()
+        started = time.monotonic()
+        assert expiring.close_code(timeout=15) == 4401
+        assert time.monotonic() - started < 10
+
+
 def test_a_foreign_cursor_in_hello_gets_a_reset(server: str, admin: Api) -> None:
     alice, bob = register(server, "alice"), register(server, "bob")
     bob_cursor, _ = bob.pull_all()
@@ -196,7 +223,7 @@ def test_a_slow_reader_is_bounded_and_loses_nothing(backend: Backend, admin_emai
             floods = [pool.submit(flood, worker) for worker in range(4)]
             while not all(f.done() for f in floods):  # the reader reads nothing meanwhile
                 for session in list(hub.sessions):
-                    peak_frames = max(peak_frames, session.queue.qsize())
+                    peak_frames = max(peak_frames, len(session.frames))
                     peak_bytes = max(peak_bytes, session.queued_bytes)
                 time.sleep(0.005)
             for f in floods:

@@ -20,7 +20,7 @@ from protocol.cursor import LogCursor
 from storage.listings import create_listing, update_listing
 from storage.pull import log_head
 from storage.scopes import Principal
-from sync_server.live.session import Session, _Frame
+from sync_server.live.session import Session
 from sync_server.services import Services, open_services
 from tests.conftest import Backend
 from tests.support.replica import Replica, apply_page
@@ -91,10 +91,12 @@ def replica_of(socket: RecordingSocket) -> Replica:
 
 
 async def drain(session: Session) -> None:
-    while not session.queue.empty():
-        item = session.queue.get_nowait()
-        assert isinstance(item, _Frame)
-        await session.send(item.text)
+    """Until the session's writer has sent everything queued (it runs by itself)."""
+    for _ in range(500):
+        if not session.frames and session.writer is None:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the session's writer never finished")
 
 
 def test_a_window_read_before_a_catch_up_ended_is_not_sent_under_its_cursor(
@@ -180,12 +182,12 @@ def test_a_session_behind_with_a_full_queue_still_catches_up(backend: Backend) -
         listing = await new_listing(services)
         session, socket = await current_session(services)
         socket.stall()
-        writer = asyncio.create_task(session.write_forever())
         try:
             for n in range(services.settings.ws_queue_frames + 1):
                 await edit(services, listing, price=3000 + n)
                 await services.live.dispatch()
-            assert session.queue.full()
+            # One frame stuck in the stalled send, the bound's worth queued behind it.
+            assert len(session.frames) == services.settings.ws_queue_frames
             services.live._everyone_behind()  # what a Redis reconnect (RESYNC) does
             socket.resume()
             await edit(services, listing, price=9900)
@@ -203,7 +205,7 @@ def test_a_session_behind_with_a_full_queue_still_catches_up(backend: Backend) -
             assert prices and prices[-1] == 9900
             assert not session.behind
         finally:
-            writer.cancel()
+            session.stop()
 
     run(backend, scenario)
 
@@ -212,12 +214,10 @@ def test_an_overflow_keeps_the_push_results_it_had_queued(backend: Backend) -> N
     async def scenario(services: Services) -> None:
         session, _socket = await current_session(services)
         result = '{"type":"push_result","results":[]}'
-        session.queue.put_nowait(_Frame(result, None))
+        session.reply(result)
         while session.overflows == 0:  # the hub's frames pile up until the bound is hit
-            session.advance(session.position + 1, '{"listings":{}}')
-        queued = []
-        while not session.queue.empty():
-            queued.append(session.queue.get_nowait())
-        assert [item.text for item in queued if isinstance(item, _Frame)] == [result]
+            session.advance(session.position + 1, '{"type":"changes"}')
+        assert [item.text for item in session.frames] == [result]
+        session.stop()
 
     run(backend, scenario)

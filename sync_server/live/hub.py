@@ -19,6 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from protocol.cursor import LogCursor
 from storage.feed import CHANGES_CHANNEL
 from storage.pubsub import RESYNC
 from storage.pull import WindowView, log_head, read_window
@@ -67,6 +68,7 @@ class LiveHub:
             self.tail.start_at(self.position)
         async with self.services.pubsub.subscribe(CHANGES_CHANNEL) as inbox:
             listener = asyncio.create_task(self._listen(inbox))
+            sweeper = asyncio.create_task(self.keep_alive())
             self.ready.set()
             try:
                 while True:
@@ -83,8 +85,26 @@ class LiveHub:
                         await asyncio.sleep(0.5)
             finally:
                 listener.cancel()
+                sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+
+    async def keep_alive(self) -> None:
+        """One timer for every session: pings the ones that sent nothing for a while (a
+        mobile carrier's NAT forgets a silent connection) and closes the ones whose token
+        expired (4401: the client refreshes it and reconnects from its cursor)."""
+        settings = self.services.settings
+        every = settings.ws_ping_seconds
+        while True:
+            await asyncio.sleep(max(0.2, min(every / 5, 5.0)))
+            now, wall = time.monotonic(), time.time()
+            for session in list(self.sessions):
+                if session.expires_at <= wall:
+                    session.expire()
+                else:
+                    session.ping_if_idle(now, every)
 
     async def _listen(self, inbox: object) -> None:
         async for message in inbox:  # type: ignore[attr-defined]
@@ -122,6 +142,10 @@ class LiveHub:
         # The tail first: a session that falls behind below reads from it at once.
         self.tail.feed(window, window_entries(window))
         view = WindowView(window)
+        # One frame per user (the devices of a household, or one phone's reinstall, get the
+        # same bytes: changes and cursor), one encoding of the changes per distinct view.
+        frames: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        cursors = self.services.cursors
         for session in list(self.sessions):
             if session.behind or session.position < window.start:
                 session.fall_behind()
@@ -130,8 +154,22 @@ class LiveHub:
                 # Its catch-up read past this window (it rejoined while we read): the window's
                 # decisions are older than what it was sent, and must not carry its cursor.
                 continue
-            changes = view.changes_json(session.principal)
-            session.advance(window.end, changes)
+            principal = session.principal
+            whose = (principal.user_id, principal.scopes)
+            if whose in frames:
+                text = frames[whose]
+            else:
+                changes = view.changes_json(principal)
+                text = frames[whose] = (
+                    None
+                    if changes is None
+                    else '{"type":"changes","cursor":"'
+                    + cursors.encode(LogCursor(window.end), principal.user_id)
+                    + '","more":false,"reset":false,"changes":'
+                    + changes
+                    + "}"
+                )
+            session.advance(window.end, text)
         self.position = window.end
         await self._announce_position()
 

@@ -1,27 +1,35 @@
 """One WebSocket client: hello, catch-up, live frames, pushes, pings, bounded memory.
 
-Frames wait in a small bounded queue. A client that stops reading fills it; we then drop
-the queued frames and fall back to reading from the position the client was last *sent*,
-so memory stays bounded and nothing is lost. A send that blocks for `send_timeout` closes
-the socket (4429): the client reconnects and resumes from its cursor.
+A socket that is waiting costs as little as we can make it: thousands of phones hold one
+open and most of the time nothing happens. While idle a session is one coroutine (the ASGI
+task, waiting for the client's next message) and a few attributes: no writer task, no queue
+object, no timer of its own. Frames wait in a small bounded deque; the first frame queued
+starts a writer task that sends until the deque is empty and ends. Pings and token expiry
+are the hub's job (`LiveHub.keep_alive`: one timer for every session, not one each).
+
+A client that stops reading fills the deque; we then drop the queued frames and fall back to
+reading from the position the client was last *sent*, so memory stays bounded and nothing is
+lost. A send that blocks for `send_timeout` closes the socket (4429): the client reconnects
+and resumes from its cursor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-import random
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import msgspec
 import orjson
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol.cursor import LogCursor
-from storage.admission import low_priority_patience
+from storage.admission import Priority, low_priority_patience, request_priority
 from storage.push import Mutation, check_batch, push
 from storage.scopes import Principal
 from sync_server.errors import FreshRootsError, MalformedCursor
@@ -32,7 +40,9 @@ from sync_server.syncing import decode_cursor, page_body, read_page
 log = logging.getLogger("freshroots.live")
 
 CLOSE_MALFORMED, CLOSE_UNAUTHORIZED, CLOSE_NO_HELLO, CLOSE_TOO_SLOW = 4400, 4401, 4408, 4429
-_CATCH_UP = object()
+# RFC 6455: "Try Again Later" (a catch-up read was shed) and "Internal Error".
+CLOSE_TRY_AGAIN_LATER, CLOSE_SERVER_ERROR = 1013, 1011
+PING = '{"type":"ping"}'
 # Catch-up frames are smaller than HTTP pages: a phone parses each frame whole, in memory.
 CATCH_UP_PAGE_ROWS = 100
 # How long a catch-up read may queue for a database slot when the server is busy (a storm of
@@ -53,17 +63,20 @@ class PushFrame(msgspec.Struct):
     mutations: list[Mutation]
 
 
-@dataclass
+class TextSocket(Protocol):
+    async def send_text(self, data: str) -> None: ...
+
+
 class _Frame:
-    text: str
-    position: int | None  # None: not a change frame (push results, pings)
+    __slots__ = ("position", "text")
+
+    def __init__(self, text: str, position: int | None) -> None:
+        self.text = text
+        self.position = position  # None: not a change frame (push results, pings)
 
 
-async def receive_text(websocket: WebSocket) -> str:
-    """The next message as text; a binary frame holding UTF-8 JSON is accepted too."""
-    message = await websocket.receive()
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
+def message_text(message: Mapping[str, Any]) -> str:
+    """A received message as text; a binary frame holding UTF-8 JSON is accepted too."""
     text = message.get("text")
     if text is not None:
         return str(text)
@@ -74,22 +87,45 @@ async def receive_text(websocket: WebSocket) -> str:
 
 
 class Session:
+    __slots__ = (
+        "behind",
+        "catch_up_due",
+        "catch_ups",
+        "closing",
+        "expires_at",
+        "frames",
+        "last_sent",
+        "on_failure",
+        "overflows",
+        "position",
+        "principal",
+        "queued_bytes",
+        "sent_position",
+        "services",
+        "websocket",
+        "writer",
+    )
+
     def __init__(
-        self, websocket: WebSocket, services: Services, principal: Principal, expires_at: float
+        self, websocket: TextSocket, services: Services, principal: Principal, expires_at: float
     ) -> None:
         self.websocket = websocket
         self.services = services
         self.principal = principal
         self.expires_at = expires_at
-        settings = services.settings
-        self.queue: asyncio.Queue[_Frame | object] = asyncio.Queue(settings.ws_queue_frames)
-        self.queued_bytes = 0
+        self.frames: collections.deque[_Frame] = collections.deque()
+        self.queued_bytes = 0  # change frames' text waiting in `frames`
         self.position = 0  # the newest position handed to the queue
         self.sent_position = 0  # the newest position actually written to the socket
         self.behind = True
         self.catch_up_due = False
         self.overflows = 0  # how often this client was too slow and fell back to its cursor
         self.catch_ups = 0  # rounds read from its own cursor instead of the shared stream
+        self.writer: asyncio.Task[None] | None = None  # only while there is something to send
+        self.last_sent = time.monotonic()
+        self.closing: tuple[int, str] | None = None
+        # Called when the writer gives up on the socket (closed it): ends the session.
+        self.on_failure: Any = None
 
     # -- called by the hub (synchronously, between its awaits) ------------------------------
 
@@ -98,30 +134,39 @@ class Session:
             return
         self._request_catch_up()
 
-    def advance(self, position: int, changes_json: str | None) -> None:
-        if changes_json is None:
+    def advance(self, position: int, frame_text: str | None) -> None:
+        """The hub's frame for this session (cursor included), or None: nothing in scope."""
+        if frame_text is None:
             self.position = position  # nothing in scope; the next frame carries the cursor
             return
-        cursor = self.services.cursors.encode(LogCursor(position), self.principal.user_id)
-        text = (
-            '{"type":"changes","cursor":"' + cursor + '","more":false,"reset":false,'
-            '"changes":' + changes_json + "}"
-        )
-        if self.queued_bytes + len(text) > self.services.settings.ws_queue_bytes:
+        settings = self.services.settings
+        if (
+            self.queued_bytes + len(frame_text) > settings.ws_queue_bytes
+            or len(self.frames) >= settings.ws_queue_frames
+        ):
             self._overflow()
             return
-        if not self._offer(_Frame(text, position)):
-            self._overflow()
-            return
-        self.queued_bytes += len(text)
+        self.frames.append(_Frame(frame_text, position))
+        self.queued_bytes += len(frame_text)
         self.position = position
+        self._wake()
 
-    def _offer(self, item: _Frame | object) -> bool:
-        try:
-            self.queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
-            return False
+    def ping_if_idle(self, now: float, every: float) -> None:
+        if self.writer is None and not self.behind and now - self.last_sent >= every:
+            self.frames.append(_Frame(PING, None))
+            self._wake()
+
+    def expire(self) -> None:
+        """Its token expired (seen by the hub's sweep): close after what is being sent."""
+        if self.closing is None:
+            self.closing = (CLOSE_UNAUTHORIZED, "token expired")
+            self._wake()
+
+    def reply(self, text: str) -> None:
+        """Queue a push result. Never dropped: it exists nowhere else (the read loop waits
+        for the writer before reading more, so a client cannot pile them up)."""
+        self.frames.append(_Frame(text, None))
+        self._wake()
 
     def _overflow(self) -> None:
         self.overflows += 1
@@ -133,22 +178,23 @@ class Session:
     def _drop_queued_changes(self) -> None:
         """Before a catch-up: it re-reads these changes from the log, and sending them after
         it would roll the client back. Push results stay: they exist nowhere else."""
-        kept = []
-        while not self.queue.empty():
-            item = self.queue.get_nowait()
-            if isinstance(item, _Frame) and item.position is None:
-                kept.append(item)
-        for item in kept:
-            self.queue.put_nowait(item)
+        self.frames = collections.deque(item for item in self.frames if item.position is None)
         self.queued_bytes = 0
 
     def _request_catch_up(self) -> None:
-        # A flag, not only a queue item: the queue may be full (that is often why we are
-        # here), and a request that failed to enqueue would leave the session behind forever.
-        # The sentinel only wakes an idle writer; a busy one checks the flag after each frame.
+        # A flag the writer checks before each frame: queued change frames are dropped then
+        # (the catch-up re-reads them), push results stay.
         self.behind = True
         self.catch_up_due = True
-        self._offer(_CATCH_UP)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write())
+
+    def stop(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()
 
     # -- the socket -------------------------------------------------------------------------
 
@@ -157,6 +203,54 @@ class Session:
         # runs once per frame per socket — thousands of times per committed change.
         async with asyncio.timeout(self.services.settings.ws_send_timeout_seconds):
             await self.websocket.send_text(text)
+        self.last_sent = time.monotonic()
+
+    async def _write(self) -> None:
+        """Send until nothing is queued, then end (the next frame starts another writer)."""
+        try:
+            await self._write_queued()
+        except TimeoutError:
+            await self._give_up(CLOSE_TOO_SLOW, "too slow; resume from your cursor")
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            await self._give_up(None, "")  # gone already: nothing to send
+        except FreshRootsError as error:  # a catch-up read shed: the client retries later
+            await self._give_up(*close_for(error))
+        except Exception:
+            log.exception("live session failed")
+            await self._give_up(CLOSE_SERVER_ERROR, "server error")
+        finally:
+            self.writer = None
+
+    async def _write_queued(self) -> None:
+        frames = self.frames
+        while True:
+            if self.catch_up_due:
+                self.catch_up_due = False
+                if self.behind:
+                    self._drop_queued_changes()
+                    frames = self.frames
+                    await self.catch_up(LogCursor(self.sent_position), reset=False)
+                continue
+            if not frames:
+                if self.closing is not None:
+                    await self._give_up(*self.closing)
+                return
+            item = frames.popleft()
+            if item.position is not None:
+                self.queued_bytes -= len(item.text)
+            await self.send(item.text)
+            if item.position is not None and item.position > self.sent_position:
+                self.sent_position = item.position
+            frames = self.frames  # replaced by a drop meanwhile
+
+    async def _give_up(self, code: int | None, reason: str) -> None:
+        self.frames.clear()
+        self.queued_bytes = 0
+        if code is not None and isinstance(self.websocket, WebSocket):
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await self.websocket.close(code, reason)
+        if self.on_failure is not None:
+            self.on_failure()
 
     async def catch_up(self, state: Any, reset: bool) -> None:
         """Page from `state` until current; ends with a `more: false` frame."""
@@ -198,79 +292,58 @@ class Session:
                 self.behind = False
                 return
 
-    async def write_forever(self) -> None:
-        ping_every = self.services.settings.ws_ping_seconds
-        while True:
-            wait = ping_every * (0.8 + 0.2 * random.random())  # jitter: no ping stampedes
-            try:
-                async with asyncio.timeout(wait):
-                    item = await self.queue.get()
-            except TimeoutError:
-                await self.send('{"type":"ping"}')
-                continue
-            if isinstance(item, _Frame):
-                if item.position is not None:
-                    self.queued_bytes -= len(item.text)
-                await self.send(item.text)
-                if item.position is not None:
-                    self.sent_position = max(self.sent_position, item.position)
-            if self.catch_up_due:
-                self.catch_up_due = False
-                if self.behind:
-                    self._drop_queued_changes()
-                    await self.catch_up(LogCursor(self.sent_position), reset=False)
+    async def handle(self, raw: str) -> bool:
+        """One message from the client; False when the session must end (closed)."""
+        try:
+            message = orjson.loads(raw)
+            kind = message.get("type") if isinstance(message, dict) else None
+        except orjson.JSONDecodeError:
+            kind = None
+        if kind == "pong":
+            return True
+        if kind != "push":
+            await self._close(CLOSE_MALFORMED, "expected pong or push")
+            return False
+        try:
+            refuse_nul(raw.encode())
+            frame = msgspec.convert(message, PushFrame)
+            check_batch(frame.client_id, frame.mutations)
+            results = await push(
+                self.services.changelog, self.principal, frame.client_id, frame.mutations
+            )
+            reply: dict[str, Any] = {"type": "push_result", "results": results}
+        except msgspec.ValidationError as error:
+            reply = {
+                "type": "push_result",
+                "error": {"code": "validation_failed", "message": str(error)},
+            }
+        except FreshRootsError as error:
+            reply = {"type": "push_result", **error.envelope()}
+        self.reply(orjson.dumps(reply).decode())
+        if len(self.frames) > self.services.settings.ws_queue_frames and self.writer is not None:
+            # A client pushing faster than it reads its results waits for them to go out.
+            await asyncio.wait({self.writer})
+        return True
 
-    async def read_forever(self) -> None:
-        while True:
-            remaining = self.expires_at - time.time()
-            if remaining <= 0:
-                await self.websocket.close(CLOSE_UNAUTHORIZED, "token expired")
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    raw = await receive_text(self.websocket)
-            except TimeoutError:
-                continue
-            try:
-                message = orjson.loads(raw)
-                kind = message.get("type") if isinstance(message, dict) else None
-            except orjson.JSONDecodeError:
-                kind = None
-            if kind == "pong":
-                continue
-            if kind != "push":
-                await self.websocket.close(CLOSE_MALFORMED, "expected pong or push")
-                return
-            try:
-                refuse_nul(raw.encode())
-                frame = msgspec.convert(message, PushFrame)
-                check_batch(frame.client_id, frame.mutations)
-                results = await push(
-                    self.services.changelog, self.principal, frame.client_id, frame.mutations
-                )
-                reply: dict[str, Any] = {"type": "push_result", "results": results}
-            except msgspec.ValidationError as error:
-                reply = {
-                    "type": "push_result",
-                    "error": {"code": "validation_failed", "message": str(error)},
-                }
-            except FreshRootsError as error:
-                reply = {"type": "push_result", **error.envelope()}
-            await self.queue.put(_Frame(orjson.dumps(reply).decode(), None))
+    async def _close(self, code: int, reason: str) -> None:
+        if isinstance(self.websocket, WebSocket):
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code, reason)
 
 
 async def run_session(websocket: WebSocket, services: Services) -> None:
     await websocket.accept()
     settings = services.settings
     try:
-        raw = await asyncio.wait_for(receive_text(websocket), settings.ws_hello_seconds)
+        async with asyncio.timeout(settings.ws_hello_seconds):
+            message = await websocket.receive()
     except TimeoutError:
         await websocket.close(CLOSE_NO_HELLO, "no hello in time")
         return
-    except WebSocketDisconnect:
+    if message["type"] == "websocket.disconnect":
         return
     try:
-        hello = msgspec.json.decode(raw, type=Hello)
+        hello = msgspec.json.decode(message_text(message), type=Hello)
         if hello.type != "hello":
             raise msgspec.ValidationError("expected hello")
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -288,29 +361,70 @@ async def run_session(websocket: WebSocket, services: Services) -> None:
         return
 
     session = Session(websocket, services, principal, expires_at)
+    reading = asyncio.current_task()
+    assert reading is not None
+    given_up = waiting_for_client = False
+
+    def end_reading() -> None:
+        # Only while it waits for the client: a push being applied finishes (and its result
+        # is lost with the socket; the client's resend gets the replay).
+        nonlocal given_up
+        given_up = True
+        if waiting_for_client:
+            reading.cancel()
+
+    session.on_failure = end_reading
     # Join the hub before reading the backlog: a change committed meanwhile is either in
     # the catch-up read or makes the hub mark us behind; it cannot fall between the two.
     services.live.add(session)
-    writer: asyncio.Task[None] | None = None
     try:
         await session.catch_up(state, reset)
-        writer = asyncio.create_task(session.write_forever())
-        reader = asyncio.create_task(session.read_forever())
-        done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            error = task.exception()
-            if isinstance(error, TimeoutError):
-                with contextlib.suppress(Exception):
-                    await websocket.close(CLOSE_TOO_SLOW, "too slow; resume from your cursor")
-            elif error is not None and not isinstance(error, WebSocketDisconnect):
-                raise error
-        reader.cancel()
-    except (WebSocketDisconnect, RuntimeError):
-        pass
+        while not given_up:
+            waiting_for_client = True
+            message = await websocket.receive()
+            waiting_for_client = False
+            if message["type"] == "websocket.disconnect":
+                return
+            if not await session.handle(message_text(message)):
+                return
+    except asyncio.CancelledError:
+        if not given_up:
+            raise
+        reading.uncancel()  # the writer closed the socket: this session is over
     except TimeoutError:
-        with contextlib.suppress(Exception):
-            await websocket.close(CLOSE_TOO_SLOW, "too slow; resume from your cursor")
+        await session._close(CLOSE_TOO_SLOW, "too slow; resume from your cursor")
+    except (WebSocketDisconnect, OSError, RuntimeError):
+        pass
     finally:
         services.live.discard(session)
-        if writer is not None:
-            writer.cancel()
+        session.on_failure = None
+        session.stop()
+
+
+def close_for(error: FreshRootsError | None) -> tuple[int, str]:
+    """A failure after the handshake, as a close code: busy (shed) or our fault."""
+    if error is not None and error.status_code in (429, 503):
+        return CLOSE_TRY_AGAIN_LATER, "busy; resume from your cursor later"
+    return CLOSE_SERVER_ERROR, "server error"
+
+
+async def live_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """`/api/sync/ws`, taken before the middleware stack: an HTTP middleware layer is a
+    coroutine frame held for as long as the socket is open, thousands of times over, and
+    none of them does anything for a socket. What they would do is done here: the socket's
+    reads run at low priority (catch-ups are pulls), a shed read closes with 1013 (the
+    client resumes from its cursor later), a crash is logged (and so reported to Sentry by
+    its logging integration) and closes with 1011."""
+    websocket = WebSocket(scope, receive, send)
+    priority = request_priority.set(Priority.LOW)
+    try:
+        await run_session(websocket, scope["app"].state.services)
+    except FreshRootsError as error:
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.close(*close_for(error))
+    except Exception:
+        log.exception("live socket failed", extra={"path": scope.get("path")})
+        with contextlib.suppress(Exception):
+            await websocket.close(*close_for(None))
+    finally:
+        request_priority.reset(priority)

@@ -1,16 +1,12 @@
-"""`GET /api/sync/ws`: live sync (see `sync_server.live`)."""
+"""`GET /api/sync/ws`: live sync (see `sync_server.live`).
+
+Not a router entry: `FreshRootsApp` hands the socket to `live_socket` before the middleware
+stack (see its docstring for why)."""
 
 from __future__ import annotations
 
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
+from sync_server.live.session import live_socket
 
-from sync_server.live.session import run_session
-from sync_server.services import services_of
+LIVE_PATH = "/api/sync/ws"
 
-
-async def live(websocket: WebSocket) -> None:
-    await run_session(websocket, services_of(websocket))
-
-
-routes = [WebSocketRoute("/api/sync/ws", live)]
+__all__ = ["LIVE_PATH", "live_socket"]
