@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import literal, select, update
 
 from protocol.mutations import ExpressInterest, MarkNotificationsRead, RegisterDevice
 from storage.changelog import Tx
@@ -31,39 +31,34 @@ async def _replayed_interest(tx: Tx, buyer: Principal, args: ExpressInterest) ->
 
 
 async def express_interest(tx: Tx, buyer: Principal, args: ExpressInterest) -> dict[str, Any]:
-    if await _replayed_interest(tx, buyer, args):
-        return {"interest_id": args.interest_id}
-    listing = (
-        await tx.conn.execute(
-            select(Listing.id).where(
-                Listing.id == args.listing_id,
-                Listing.status == "published",
-                Listing.deleted_at.is_(None),
-            )
-        )
-    ).first()
-    if listing is None:
-        raise MutationRejected("listing_unavailable", f"listing {args.listing_id} is not available")
-    # A twin racing this one (a replay while the original is in flight) is not visible to
-    # the check above: ON CONFLICT waits for it, then the replay is answered like one.
+    """One statement when it is new: the row is inserted only if the listing is published
+    (INSERT ... SELECT) and only if the id is free (ON CONFLICT: a twin racing this one, a
+    replay while the original is in flight, is waited for). The reasons for no row are read
+    only then. Nothing is written before a rejection, so it needs no savepoint
+    (`storage.push.NO_SAVEPOINT`)."""
+    published = select(
+        literal(args.interest_id, InterestExpression.id.type),
+        literal(buyer.user_id, InterestExpression.user_id.type),
+        Listing.id,
+        literal(args.message, InterestExpression.message.type),
+        literal(now_ms(), InterestExpression.created_at.type),
+    ).where(
+        Listing.id == args.listing_id,
+        Listing.status == "published",
+        Listing.deleted_at.is_(None),
+    )
     created = (
         await tx.conn.execute(
             insert_for(tx.dialect)(InterestExpression)
-            .values(
-                id=args.interest_id,
-                user_id=buyer.user_id,
-                listing_id=args.listing_id,
-                message=args.message,
-                created_at=now_ms(),
-            )
+            .from_select(["id", "user_id", "listing_id", "message", "created_at"], published)
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(InterestExpression.id)
         )
     ).first()
-    if created is None:  # the twin committed meanwhile, so it is visible now
+    if created is None:
         if await _replayed_interest(tx, buyer, args):
             return {"interest_id": args.interest_id}
-        raise MutationRejected("duplicate_id", "interest_id is already in use")
+        raise MutationRejected("listing_unavailable", f"listing {args.listing_id} is not available")
     tx.created("interest_expressions", args.interest_id, owned_scopes(buyer.user_id))
     return {"interest_id": args.interest_id}
 

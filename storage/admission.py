@@ -9,7 +9,11 @@ and sheds what it cannot serve soon with a 503 + `Retry-After`.
 Two priorities:
 - `LOW`: work a phone repeats anyway and that costs the user nothing to retry (pulls,
   WatermelonDB pulls, listing search and reads, live catch-up reads). It may use at most
-  `low_slots` (the pool minus a reserve) and waits at most `low_wait` seconds.
+  `low_slots` (the pool minus a reserve) and waits at most `low_wait` seconds. While NORMAL
+  work holds a slot, LOW may hold only `low_slots_beside_normal` (a quarter of the pool): a
+  slot is not the scarce thing, the database's CPU is, and eight first-sync reads at once
+  made a five-mutation push take 0.5-1 s on a two-core box (it waits behind them on every
+  statement); with two, 0.3-0.6 s (loadtests/overload.py).
 - `NORMAL`: everything else (pushes, admin actions, auth, payment webhooks, background jobs).
   It may use every slot, is served before queued `LOW` work, and waits up to `wait`.
 
@@ -59,6 +63,11 @@ class Overloaded(ServiceUnavailable):
     default_message = "The server is busy right now; nothing was changed. Retry shortly."
 
 
+def beside_normal_slots(slots: int) -> int:
+    """LOW slots while NORMAL work holds one: a quarter of the pool, at least one."""
+    return max(1, slots // 4)
+
+
 def reserved_slots(slots: int) -> int:
     """Slots only NORMAL work may take: a quarter of the pool, at least one (none for a pool
     of one, where LOW work must still be able to run at all)."""
@@ -86,9 +95,10 @@ class AdmissionGate:
             if low_slots is None
             else max(1, min(self.slots, low_slots))
         )
+        self.low_slots_beside_normal = min(self.low_slots, beside_normal_slots(self.slots))
         self.low_wait = low_wait
         self.wait = wait
-        self.in_use = 0
+        self._in_use = [0, 0]  # by priority: LOW, NORMAL
         self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
             deque(),  # LOW
             deque(),  # NORMAL
@@ -97,6 +107,10 @@ class AdmissionGate:
         # of a shed request, and with the priority and seconds of every wait that was needed.
         self.on_shed: Callable[[Priority], None] | None = None
         self.on_wait: Callable[[Priority, float], None] | None = None
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use[Priority.LOW] + self._in_use[Priority.NORMAL]
 
     def configure(
         self,
@@ -112,16 +126,22 @@ class AdmissionGate:
     def waiting(self, priority: Priority) -> int:
         return sum(1 for future in self._waiting[priority] if not future.done())
 
+    def _low_room(self) -> bool:
+        cap = self.low_slots if not self._in_use[Priority.NORMAL] else self.low_slots_beside_normal
+        # The reserve stays free for NORMAL work whatever the cap: LOW fills the pool only up
+        # to `low_slots` in all.
+        return self._in_use[Priority.LOW] < cap and self.in_use < self.low_slots
+
     def _may_enter(self, priority: Priority) -> bool:
         if self._waiting[Priority.NORMAL]:
             return False  # queued NORMAL work goes first, whoever arrives
         if priority is Priority.NORMAL:
             return self.in_use < self.slots
-        return self.in_use < self.low_slots and not self._waiting[Priority.LOW]
+        return self._low_room() and not self._waiting[Priority.LOW]
 
     async def acquire(self, priority: Priority) -> None:
         if self._may_enter(priority):
-            self.in_use += 1
+            self._in_use[priority] += 1
             return
         wait = self.wait
         if priority is Priority.LOW:
@@ -143,28 +163,31 @@ class AdmissionGate:
             # else: the slot was handed over just as the wait ran out; keep it.
         except BaseException:
             if future.done() and not future.cancelled():
-                self.release()  # handed over, but our caller is gone: pass it on
+                self.release(priority)  # handed over, but our caller is gone: pass it on
             else:
                 _discard(queue, future)
             raise
         if self.on_wait is not None:
             self.on_wait(priority, time.monotonic() - started)
 
-    def release(self) -> None:
-        # Hand the slot over without decrementing, so nobody can barge in between.
+    def release(self, priority: Priority) -> None:
+        """Give back a slot taken at `priority`: to the longest-waiting NORMAL waiter, else
+        to as many LOW waiters as now have room (the last NORMAL slot given back lifts the
+        LOW cap from `low_slots_beside_normal` to `low_slots`)."""
+        self._in_use[priority] -= 1
         normal, low = self._waiting[Priority.NORMAL], self._waiting[Priority.LOW]
         while normal:
             future = normal.popleft()
             if not future.done():
+                # Counted as taken before the waiter runs, so nobody can barge in between.
+                self._in_use[Priority.NORMAL] += 1
                 future.set_result(None)
                 return
-        if self.in_use <= self.low_slots:
-            while low:
-                future = low.popleft()
-                if not future.done():
-                    future.set_result(None)
-                    return
-        self.in_use -= 1
+        while low and self._low_room():
+            future = low.popleft()
+            if not future.done():
+                self._in_use[Priority.LOW] += 1
+                future.set_result(None)
 
     def _shed(self, priority: Priority) -> None:
         if self.on_shed is not None:

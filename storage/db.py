@@ -150,18 +150,19 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
-    async def _admit(self, priority: Priority) -> contextvars.Token[Any] | None:
+    async def _admit(self, priority: Priority) -> tuple[contextvars.Token[Any], Priority] | None:
         """Take a gate slot (None: this task already holds one of ours, and a transaction
         opened inside another must not wait for the slot its own caller is holding)."""
         task = asyncio.current_task()
         if _holding.get() == (self.gate, task):
             return None
         await self.gate.acquire(priority)
-        return _holding.set((self.gate, task))
+        return _holding.set((self.gate, task)), priority
 
-    def _leave(self, token: contextvars.Token[Any] | None) -> None:
-        if token is not None:
-            self.gate.release()
+    def _leave(self, held: tuple[contextvars.Token[Any], Priority] | None) -> None:
+        if held is not None:
+            token, priority = held
+            self.gate.release(priority)
             with contextlib.suppress(ValueError):  # closed from another context: nothing held
                 _holding.reset(token)
 

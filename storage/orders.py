@@ -106,20 +106,25 @@ def order_total(prices: dict[str, int], items: list[PurchaseItem]) -> int:
     return total
 
 
+async def refuse_taken_ids(tx: Tx, request: PurchaseRequest, *, order: bool = True) -> None:
+    if order and await find_order(tx.conn, request.order_id) is not None:
+        raise MutationRejected("duplicate_id", "order_id is already in use")
+    item_ids = [item.item_id for item in request.items]
+    taken = (await tx.conn.execute(select(OrderItem.id).where(OrderItem.id.in_(item_ids)))).first()
+    if taken is not None:
+        raise MutationRejected("duplicate_id", f"item_id {taken[0]} is already in use")
+
+
 async def place_purchase_request(
     tx: Tx, buyer: Principal, request: PurchaseRequest
 ) -> dict[str, Any]:
     """Reserve stock and create a pending order, or raise MutationRejected (the caller's
     savepoint undoes what was written). `request` comes from `protocol.mutations.parse` (or
     typed decoding), which has checked every field."""
+    # No look for a taken order or item id first: the inserts below refuse one (ON CONFLICT)
+    # and the savepoint undoes the stock reserved before them. Two statements fewer a
+    # purchase, and under load a push waits for the event loop once per statement.
     conn = tx.conn
-    if await find_order(conn, request.order_id) is not None:
-        raise MutationRejected("duplicate_id", "order_id is already in use")
-    item_ids = [item.item_id for item in request.items]
-    taken = (await conn.execute(select(OrderItem.id).where(OrderItem.id.in_(item_ids)))).first()
-    if taken is not None:
-        raise MutationRejected("duplicate_id", f"item_id {taken[0]} is already in use")
-
     prices: dict[str, int] = {}
     for item in sorted(request.items, key=lambda entry: (entry.listing_id, entry.item_id)):
         reserved = (
@@ -136,6 +141,7 @@ async def place_purchase_request(
             )
         ).first()
         if reserved is None:
+            await refuse_taken_ids(tx, request)  # a duplicate says so before the stock does
             listing = (
                 await conn.execute(
                     select(Listing.status, Listing.deleted_at).where(Listing.id == item.listing_id)
@@ -196,6 +202,7 @@ async def place_purchase_request(
         )
     ).all()
     if len(inserted_items) != len(request.items):
+        await refuse_taken_ids(tx, request, order=False)  # names the id taken before
         raise MutationRejected("duplicate_id", "an item_id is already in use")
     scopes = owned_scopes(buyer.user_id)
     tx.created("orders", request.order_id, scopes)

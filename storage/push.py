@@ -51,6 +51,11 @@ HANDLERS: dict[str, tuple[type[msgspec.Struct], Handler]] = {
 }
 
 
+# Handlers that refuse only before they write anything: a savepoint (two round trips) would
+# have nothing to undo.
+NO_SAVEPOINT = frozenset({"express_interest"})
+
+
 def rejected(mutation_id: int, code: str, message: str) -> dict[str, Any]:
     return {"id": mutation_id, "ok": False, "error": {"code": code, "message": message}}
 
@@ -66,14 +71,16 @@ async def apply_mutation(tx: Tx, principal: Principal, mutation: Mutation) -> di
     except InvalidArgs as error:
         return rejected(mutation.id, "invalid_args", str(error))
     checkpoint = tx.checkpoint()
-    savepoint = await tx.conn.begin_nested()
+    savepoint = None if mutation.name in NO_SAVEPOINT else await tx.conn.begin_nested()
     try:
         result = await handler(tx, principal, args)
     except MutationRejected as rejection:
-        await savepoint.rollback()
+        if savepoint is not None:
+            await savepoint.rollback()
         tx.restore(checkpoint)
         return rejected(mutation.id, rejection.error_code, rejection.message)
-    await savepoint.commit()
+    if savepoint is not None:
+        await savepoint.commit()
     return {"id": mutation.id, "ok": True, "result": result}
 
 

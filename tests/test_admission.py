@@ -430,8 +430,8 @@ def test_low_priority_is_shed_and_normal_work_takes_the_reserve() -> None:
         with pytest.raises(Overloaded):
             await gate.acquire(Priority.NORMAL)
         assert shed == [Priority.LOW, Priority.NORMAL] and gate.in_use == 4
-        for _ in range(4):
-            gate.release()
+        for priority in (Priority.LOW,) * 3 + (Priority.NORMAL,):
+            gate.release(priority)
         assert gate.in_use == 0 and gate.waiting(Priority.LOW) == gate.waiting(Priority.NORMAL) == 0
 
     asyncio.run(scenario())
@@ -452,15 +452,40 @@ def test_queued_normal_work_is_served_before_queued_low_work() -> None:
         await asyncio.sleep(0)
         normal = asyncio.create_task(take(Priority.NORMAL, "normal"))
         await asyncio.sleep(0)
-        gate.release()  # handed to the NORMAL waiter, although LOW queued first
+        gate.release(Priority.NORMAL)  # handed to the NORMAL waiter, although LOW queued first
         await normal
         assert order == ["normal"] and gate.in_use == 2
-        gate.release()  # 1 in use: still the LOW share's limit, LOW keeps waiting
+        gate.release(Priority.NORMAL)  # 1 in use: still the LOW share's limit, LOW keeps waiting
         await asyncio.sleep(0)
         assert order == ["normal"] and gate.in_use == 1
-        gate.release()
+        gate.release(Priority.NORMAL)
         await low
         assert order == ["normal", "low"] and gate.in_use == 1
+
+    asyncio.run(scenario())
+
+
+def test_low_priority_work_gets_a_quarter_of_the_pool_beside_normal_work() -> None:
+    """While a write holds a slot, reads may hold only a quarter of the pool (the database's
+    CPU is what a write waits for behind them); the last write out lifts the cap."""
+
+    async def scenario() -> None:
+        gate = AdmissionGate(8, low_wait=30, wait=30)  # 6 LOW slots alone, 2 beside NORMAL
+        await gate.acquire(Priority.NORMAL)
+        readers = [asyncio.create_task(gate.acquire(Priority.LOW)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert sum(reader.done() for reader in readers) == 2 and gate.waiting(Priority.LOW) == 3
+        gate.release(Priority.LOW)  # beside the write: the next reader takes its place
+        await asyncio.sleep(0)
+        assert sum(reader.done() for reader in readers) == 3 and gate.waiting(Priority.LOW) == 2
+        gate.release(Priority.NORMAL)  # the write is done: every waiting reader goes in
+        await asyncio.wait_for(asyncio.gather(*readers), 1)
+        assert gate.in_use == 4
+        await gate.acquire(Priority.LOW)  # up to the LOW share of 6 ...
+        await gate.acquire(Priority.LOW)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gate.acquire(Priority.LOW), 0.05)  # ... and no further
+        await gate.acquire(Priority.NORMAL)  # the reserve is still there for writes
 
     asyncio.run(scenario())
 
@@ -471,7 +496,7 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
         await gate.acquire(Priority.NORMAL)
         waiter = asyncio.create_task(gate.acquire(Priority.NORMAL))
         await asyncio.sleep(0)
-        gate.release()  # handed to the waiter...
+        gate.release(Priority.NORMAL)  # handed to the waiter...
         waiter.cancel()  # ...which is cancelled before it runs: the slot is passed on
         with pytest.raises(asyncio.CancelledError):
             await waiter
