@@ -119,6 +119,39 @@ async def shared_page(
     return SharedAnswer(encoded, own.changes, more, LogCursor(end))
 
 
+async def users_tail_page(
+    services: Services, principal: Principal, position: int, limit: int
+) -> SharedAnswer | None:
+    """A page from the tail that the shared chunks could not carry (the user's own rows did
+    not fit beside one: a burst of twenty purchases is sixty rows of its own), encoded once
+    for every device of that user passing through `position` — a household's phones and the
+    ~30 devices of a shared account read the chunks in step, so they meet there too.
+
+    Only a page that stops at `limit` is kept: what it holds, entries in (position, its
+    end], never changes (the log only grows; the epochs in the key change when a removal
+    could change what it holds back). A page that reaches the head is this moment's, and a
+    device that just wrote must read its write: that one is built per request."""
+    tail = services.live.tail
+    if not tail.covers(position):
+        return None
+    await wait_for_tail(services, principal)
+    scopes = principal.scopes
+    key = ("tail", scopes, position, limit, *(tail.left_epoch(scope) for scope in scopes))
+    encoded = services.pages.get(key)
+    if encoded is None:
+        page = tail.page(scopes, position, limit)
+        if page is None:
+            return None
+        encoded = EncodedPage(page)
+        if page.more:
+            services.pages.put(key, encoded)
+    page = encoded.page
+    if not page.more and isinstance(page.next_state, LogCursor):
+        for scope in scopes:  # as `shared_page`: nothing after it, the fast path knows
+            services.feed.local.raise_to(scope, page.next_state.position)
+    return SharedAnswer(encoded, {}, page.more, page.next_state)
+
+
 async def shared_snapshot_page(
     services: Services, principal: Principal, state: SnapshotCursor | None, limit: int
 ) -> SharedAnswer | None:
@@ -185,7 +218,10 @@ async def shared_page_at(
 ) -> SharedAnswer | None:
     """The shared page for any cursor state (log or snapshot), or None."""
     if isinstance(state, LogCursor):
-        return await shared_page(services, principal, state.position, limit)
+        answer = await shared_page(services, principal, state.position, limit)
+        if answer is None:
+            answer = await users_tail_page(services, principal, state.position, limit)
+        return answer
     return await shared_snapshot_page(services, principal, state, limit)
 
 

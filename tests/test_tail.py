@@ -362,6 +362,49 @@ def test_a_phone_with_rows_of_its_own_still_reads_the_shared_chunks(
     assert {row["stock"] for row in final["listings"].values()} == {40}
 
 
+def test_devices_of_a_user_with_a_burst_of_its_own_share_their_pages(
+    own_server: str, admin_email: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of the user's own rows does not fit beside a shared chunk: those pages are the
+    user's, built from the tail once and read by every device of that user passing through
+    the same place (a shared account has dozens), not built again per device."""
+    admin = login(own_server, admin_email, ADMIN_PASSWORD)
+    listings = [admin.create_listing(title=f"Rafale {n}", stock=50) for n in range(12)]
+    phone = register(own_server, "burst")
+    tablet = login(own_server, phone.user["email"], "correct horse 1")
+    wait_for_hub(own_server)
+    cursor = phone.pull_all()[0]
+    order_ids = ["ord-" + secrets.token_hex(6) for _ in range(8)]
+    phone.push(
+        client_id(),
+        [
+            purchase(number, listings[number]["id"], order_id=order_id)
+            for number, order_id in enumerate(order_ids, 1)
+        ],
+    )
+    for listing in listings:
+        admin.patch(f"/api/admin/listings/{listing['id']}", json={"price": 6100})
+    wait_for_hub(own_server)
+    _, first = phone.pull_all(cursor, limit=10)
+    built: list[tuple[str, ...]] = []
+    page = ChangeTail.page
+
+    def counted(self: ChangeTail, scopes: tuple[str, ...], *args: Any, **kwargs: Any) -> Any:
+        if PUBLIC in scopes:  # a page holding the catalogue's rows, not only the user's
+            built.append(scopes)
+        return page(self, scopes, *args, **kwargs)
+
+    monkeypatch.setattr(ChangeTail, "page", counted)
+    _, second = tablet.pull_all(cursor, limit=10)
+    assert [page["changes"] for page in second] == [page["changes"] for page in first]
+    # Every page but the last (it reaches the head: built per request) is read from cache.
+    assert len(second) >= 4
+    assert len(built) <= 1, built
+    final = build(second, {"listings": {row["id"]: dict(row) for row in listings}})
+    assert set(order_ids) <= set(final["orders"])
+    assert {row["price"] for row in final["listings"].values()} == {6100}
+
+
 @pytest.mark.parametrize("encoding", ["br", "gzip", "identity"])
 def test_a_phone_with_changes_of_its_own_gets_them_after_the_shared_part(
     own_server: str, admin_email: str, encoding: str
