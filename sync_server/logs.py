@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -124,9 +124,25 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+def log_stream() -> TextIO:
+    """Standard error, buffered. `sys.stderr` is write-through (Python >= 3.9): each access
+    line would be its own write(2), whatever `AccessLog` batches. Records of every other
+    kind still reach the file at once (`StreamHandler.emit` flushes after each, taking the
+    access lines before them along, in order); the access lines go out together at most
+    FLUSH_SECONDS later, and at exit (`logging.shutdown` flushes)."""
+    return open(
+        sys.stderr.fileno(),
+        "w",
+        buffering=1 << 16,
+        encoding="utf-8",
+        errors="backslashreplace",
+        closefd=False,
+    )
+
+
 def configure_logging(level: str) -> None:
     global _direct_handler
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(log_stream())
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

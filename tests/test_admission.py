@@ -14,10 +14,13 @@ import io
 import logging
 import re
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -370,6 +373,39 @@ def test_access_lines_are_flushed_in_batches_not_one_system_call_each(
     waiting, flushed = asyncio.run(serve_three())
     assert waiting == b""  # still in the stream's buffer: no write yet
     assert [orjson.loads(line)["request_id"] for line in flushed.splitlines()] == ["r0", "r1", "r2"]
+
+
+def test_the_servers_own_log_stream_batches_access_lines(tmp_path: Path) -> None:
+    """What `freshroots serve` sets up, at the file descriptor: access lines reach standard
+    error together, not a write each (Python's own stderr writes every line through at
+    once), and a warning takes the lines before it along, in order."""
+    script = f"""
+import asyncio, logging, os, time
+from sync_server.logs import AccessLog, FLUSH_SECONDS, configure_logging
+configure_logging("INFO")
+access = AccessLog("freshroots.access")
+async def main():
+    for number in range(3):
+        access.write(logging.INFO, {{"status": 200, "request_id": f"r{{number}}"}})
+    print(os.fstat(2).st_size, file=open({str(tmp_path / "waiting")!r}, "w"))
+    await asyncio.sleep(FLUSH_SECONDS * 3)
+    print(os.fstat(2).st_size, file=open({str(tmp_path / "flushed")!r}, "w"))
+    access.write(logging.INFO, {{"status": 200, "request_id": "r3"}})
+    logging.getLogger("freshroots").warning("after r3")
+asyncio.run(main())
+"""
+    with open(tmp_path / "stderr", "wb") as stderr:
+        subprocess.run([sys.executable, "-c", script], stderr=stderr, check=True, timeout=30)
+    assert (tmp_path / "waiting").read_text().strip() == "0"  # in the buffer, not written
+    assert int((tmp_path / "flushed").read_text()) > 0
+    lines = [orjson.loads(line) for line in (tmp_path / "stderr").read_bytes().splitlines()]
+    assert [line.get("request_id", line["msg"]) for line in lines] == [
+        "r0",
+        "r1",
+        "r2",
+        "r3",
+        "after r3",
+    ]
 
 
 def test_the_edge_sheds_on_a_lagging_loop_not_on_a_burst() -> None:
