@@ -10,7 +10,7 @@ changed inside it (→ `patch` with just those fields).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,13 +35,19 @@ class PullPage:
     rows: int = 0
 
 
-@dataclass
 class RowChanges:
-    entered: bool = False
-    fields: set[str] = field(default_factory=set)
-    # Per scope, whether the row is in it at the end of the window: the last ENTERED/LEFT
-    # decides, and a scope with only updates means the row stayed in it.
-    in_scope_at_end: dict[str, bool] = field(default_factory=dict)
+    """What a page's entries say about one row. A plain slotted class, not a dataclass: a
+    page makes one per row, and the generated `__init__` with two default factories was 3 %
+    of the server's CPU at 10,000 phones."""
+
+    __slots__ = ("entered", "fields", "in_scope_at_end")
+
+    def __init__(self) -> None:
+        self.entered = False
+        self.fields: set[str] = set()
+        # Per scope, whether the row is in it at the end of the window: the last ENTERED/LEFT
+        # decides, and a scope with only updates means the row stayed in it.
+        self.in_scope_at_end: dict[str, bool] = {}
 
     def note(self, scope: str, kind: int, fields: str) -> None:
         if kind == ENTERED:
