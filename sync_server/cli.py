@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from storage.migrate import pending_message
     from sync_server.logs import configure_logging
+    from sync_server.serving import PROTOCOL
 
     settings = _settings()
     problem = pending_message(settings.database_url)
@@ -63,6 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "sync_server.app:app_from_environment",
         factory=True,
+        # httptools with each response's head and body in one write (sync_server/serving.py);
+        # an import string, so `--workers N` processes load it too.
+        http=PROTOCOL,
         host=args.host,
         port=args.port,
         workers=args.workers,
