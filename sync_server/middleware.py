@@ -386,8 +386,13 @@ class CompressionMiddleware:
                 return
             assert start is not None
             body = message.get("body", b"")
-            # Small or streamed bodies (most pulls are empty) pass without parsing headers.
-            eligible = not message.get("more_body", False) and len(body) >= MIN_COMPRESS_BYTES
+            # Small or streamed bodies (most pulls are empty) pass without parsing headers, and
+            # so do bodies compressed already (shared pull pages are, once for every phone).
+            eligible = (
+                not message.get("more_body", False)
+                and len(body) >= MIN_COMPRESS_BYTES
+                and not any(name == b"content-encoding" for name, _ in start.get("headers", ()))
+            )
             headers = MutableHeaders(scope=start) if eligible else None
             if headers is not None and (
                 "content-encoding" not in headers
