@@ -98,7 +98,8 @@ class LiveHub:
         settings = self.services.settings
         every = settings.ws_ping_seconds
         while True:
-            await asyncio.sleep(max(0.2, min(every / 5, 5.0)))
+            # Often enough that the sessions' own shares of the interval spread their pings.
+            await asyncio.sleep(max(0.1, min(every / 10, 1.0)))
             now, wall = time.monotonic(), time.time()
             for session in list(self.sessions):
                 if session.expires_at <= wall:

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -97,6 +98,7 @@ class Session:
         "last_sent",
         "on_failure",
         "overflows",
+        "ping_share",
         "position",
         "principal",
         "queued_bytes",
@@ -123,6 +125,9 @@ class Session:
         self.catch_ups = 0  # rounds read from its own cursor instead of the shared stream
         self.writer: asyncio.Task[None] | None = None  # only while there is something to send
         self.last_sent = time.monotonic()
+        # Pinged after 80-100 % of the ping interval of silence, its own share: a commit sent
+        # to every socket at once must not make every socket due for a ping at once.
+        self.ping_share = 0.8 + 0.2 * random.random()
         self.closing: tuple[int, str] | None = None
         # Called when the writer gives up on the socket (closed it): ends the session.
         self.on_failure: Any = None
@@ -152,7 +157,11 @@ class Session:
         self._wake()
 
     def ping_if_idle(self, now: float, every: float) -> None:
-        if self.writer is None and not self.behind and now - self.last_sent >= every:
+        if (
+            self.writer is None
+            and not self.behind
+            and now - self.last_sent >= every * self.ping_share
+        ):
             self.frames.append(_Frame(PING, None))
             self._wake()
 
