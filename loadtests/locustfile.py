@@ -85,6 +85,22 @@ def pacing(seconds: float) -> Callable[[Any], float]:
     return wait
 
 
+def json_fields(answer: Any, what: str, *keys: str) -> list[Any] | None:
+    """The values of `keys` in a 200 answer's JSON body, the answer marked a success; or None,
+    the answer marked a failure saying why."""
+    if answer.status_code != 200:
+        answer.failure(f"{what} answered {answer.status_code}")
+        return None
+    try:
+        body = orjson.loads(answer.content or b"")
+        values = [body[key] for key in keys]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        answer.failure(f"{what} answered 200 without {' and '.join(keys)}")
+        return None
+    answer.success()
+    return values
+
+
 # Devices of every kind are numbered in the order they start (per locust process); device n
 # belongs to account n % len(ACCOUNTS).
 _devices = itertools.count()
@@ -125,18 +141,11 @@ class Phone(FastHttpUser):
                 if answer.status_code == 304:
                     answer.success()
                     return
-                if answer.status_code != 200:
-                    answer.failure(f"pull answered {answer.status_code}")
-                    return
-                try:
-                    body = orjson.loads(answer.content or b"")
-                    cursor, has_more = str(body["cursor"]), bool(body["more"])
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    answer.failure("pull answered 200 without a readable page")
-                    return
-                answer.success()
-            self.cursor = cursor
-            if not has_more:
+                fields = json_fields(answer, "pull", "cursor", "more")
+            if fields is None:
+                return
+            self.cursor = str(fields[0])
+            if not fields[1]:
                 return
             name = more
 
@@ -214,16 +223,8 @@ class BurstPhone(Phone):
             name=name,
             catch_response=True,
         ) as answer:
-            if answer.status_code != 200:
-                answer.failure(f"push answered {answer.status_code}")
-                return None
-            try:
-                results = orjson.loads(answer.content or b"")["results"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                answer.failure("push answered 200 without results")
-                return None
-            answer.success()
-            return results
+            fields = json_fields(answer, "push", "results")
+        return None if fields is None else fields[0]
 
     @task
     def come_online(self) -> None:
@@ -299,15 +300,10 @@ class Admin(FastHttpUser):
             name="/api/admin/orders?status=pending",
             catch_response=True,
         ) as answer:
-            if answer.status_code != 200:
-                answer.failure(f"pending orders answered {answer.status_code}")
-                return
-            try:
-                items = orjson.loads(answer.content or b"")["items"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                answer.failure("pending orders answered 200 without items")
-                return
-            answer.success()
+            fields = json_fields(answer, "pending orders", "items")
+        if fields is None:
+            return
+        items = fields[0]
         self.pending = [str(item["id"]) for item in reversed(items)]  # oldest last popped
 
     def approve(self) -> bool:

@@ -52,17 +52,6 @@ async def nothing_new(services: Services, principal: Principal, state: CursorSta
 TAIL_WAIT_SECONDS = 0.5
 
 
-async def tail_page(
-    services: Services, principal: Principal, position: int, limit: int, *, full_rows: bool = False
-) -> PullPage | None:
-    """The page from the process's shared tail, or None when it does not cover `position`."""
-    hub = services.live
-    if not hub.tail.covers(position):
-        return None
-    await wait_for_tail(services, principal)
-    return hub.tail.page(principal.scopes, position, limit, full_rows=full_rows)
-
-
 async def wait_for_tail(services: Services, principal: Principal) -> None:
     """When a commit in the principal's scopes is known (announced) but not yet in the
     tail, wait briefly for the hub's one shared read of it instead of answering without it."""
@@ -75,7 +64,22 @@ async def wait_for_tail(services: Services, principal: Principal) -> None:
         await services.live.reach(newest, TAIL_WAIT_SECONDS)
 
 
-async def shared_page(
+async def log_page(
+    services: Services, principal: Principal, position: int, limit: int
+) -> SharedAnswer | None:
+    """The page for a cursor at `position` from the tail, encoded once for everyone who gets
+    the same one: a shared chunk with this phone's rows after it, else a page of this user's.
+    None when the tail does not cover the cursor (the database answers)."""
+    if not services.live.tail.covers(position):
+        return None
+    await wait_for_tail(services, principal)
+    answer = shared_chunk_page(services, principal, position, limit)
+    if answer is None:
+        answer = users_tail_page(services, principal, position, limit)
+    return answer
+
+
+def shared_chunk_page(
     services: Services, principal: Principal, position: int, limit: int
 ) -> SharedAnswer | None:
     """The page for a cursor at `position`, its shared scope's part (public, or admin) encoded
@@ -87,9 +91,6 @@ async def shared_page(
     when the tail does not cover the cursor, or the page would pass `limit` with the
     phone's own rows (then the next page, from wherever that one ends, is aligned again)."""
     tail = services.live.tail
-    if not tail.covers(position):
-        return None
-    await wait_for_tail(services, principal)
     shared_scope, *own_scopes = principal.scopes
     end = tail.chunk_end(shared_scope, position, limit)
     if end is None:
@@ -108,18 +109,15 @@ async def shared_page(
             services.pages.put(key, encoded)
     if encoded.page.rows + own.rows > limit or own.changes.keys() & encoded.page.changes.keys():
         # Past the page size, or the same table in both parts (an admin's own order is in
-        # the admin scope too): the general path pages it.
+        # the admin scope too): the user's own page carries it.
         return None
     more = end < tail.head
     if not more:
-        # Nothing in any of its scopes after this position (the tail holds every entry up to
-        # it): the next poll from here is answered by the fast path.
-        for scope in principal.scopes:
-            services.feed.local.raise_to(scope, end)
+        nothing_after(services, principal, end)
     return SharedAnswer(encoded, own.changes, more, LogCursor(end))
 
 
-async def users_tail_page(
+def users_tail_page(
     services: Services, principal: Principal, position: int, limit: int
 ) -> SharedAnswer | None:
     """A page from the tail that the shared chunks could not carry (the user's own rows did
@@ -132,9 +130,6 @@ async def users_tail_page(
     could change what it holds back). A page that reaches the head is this moment's, and a
     device that just wrote must read its write: that one is built per request."""
     tail = services.live.tail
-    if not tail.covers(position):
-        return None
-    await wait_for_tail(services, principal)
     scopes = principal.scopes
     key = ("tail", scopes, position, limit, *(tail.left_epoch(scope) for scope in scopes))
     encoded = services.pages.get(key)
@@ -147,9 +142,16 @@ async def users_tail_page(
             services.pages.put(key, encoded)
     page = encoded.page
     if not page.more and isinstance(page.next_state, LogCursor):
-        for scope in scopes:  # as `shared_page`: nothing after it, the fast path knows
-            services.feed.local.raise_to(scope, page.next_state.position)
+        nothing_after(services, principal, page.next_state.position)
     return SharedAnswer(encoded, {}, page.more, page.next_state)
+
+
+def nothing_after(services: Services, principal: Principal, position: int) -> None:
+    """A page from the tail reached its head: nothing in any of the principal's scopes after
+    `position` (the tail holds every entry up to it), so the next poll from there is answered
+    by the fast path."""
+    for scope in principal.scopes:
+        services.feed.local.raise_to(scope, position)
 
 
 async def shared_snapshot_page(
@@ -218,10 +220,7 @@ async def shared_page_at(
 ) -> SharedAnswer | None:
     """The shared page for any cursor state (log or snapshot), or None."""
     if isinstance(state, LogCursor):
-        answer = await shared_page(services, principal, state.position, limit)
-        if answer is None:
-            answer = await users_tail_page(services, principal, state.position, limit)
-        return answer
+        return await log_page(services, principal, state.position, limit)
     return await shared_snapshot_page(services, principal, state, limit)
 
 
@@ -238,16 +237,13 @@ async def read_page(
         # A reset snapshot (a foreign cursor): the same rows, but this answer says so, and
         # the cached page is shared, never changed in place.
         return replace(shared.page, reset=True), None
-    page = None
-    if isinstance(state, LogCursor):
-        page = await tail_page(services, principal, state.position, limit)
-    if page is None:
-        async with services.db.read() as conn:
-            try:
-                page = await pull_page(conn, principal, state, limit)
-            except CursorExpired:
-                page = await pull_page(conn, principal, None, limit)
-                reset = True
+    # Not from the tail (`log_page` answers every cursor it covers): from the database.
+    async with services.db.read() as conn:
+        try:
+            page = await pull_page(conn, principal, state, limit)
+        except CursorExpired:
+            page = await pull_page(conn, principal, None, limit)
+            reset = True
     page.reset = reset
     if not page.more and isinstance(page.next_state, LogCursor):
         # Nothing in scope after this position when we read it, and every later commit gets a

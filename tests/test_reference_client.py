@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from protocol.client import OfflineQueue, Replica, SyncClient, TransientError
-from tests.support.api import Api
+from tests.support.api import Api, purchase_args
 from tests.support.replica import build, without_empty
 
 
@@ -26,20 +26,6 @@ def client_for(
         rng=random.Random(7),
         attempts=4,
     )
-
-
-def purchase_args(listing_id: str, quantity: int = 1) -> dict:
-    return {
-        "order_id": "ord-" + secrets.token_hex(6),
-        "payment_method": "cod",
-        "items": [
-            {
-                "item_id": "itm-" + secrets.token_hex(6),
-                "listing_id": listing_id,
-                "quantity": quantity,
-            }
-        ],
-    }
 
 
 def test_initial_sync_builds_the_servers_state(admin: Api, buyer: Api, tmp_path: Path) -> None:

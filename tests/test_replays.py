@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Backend
-from tests.support.api import Api, client_id, register
+from tests.support.api import Api, client_id, purchase_args, register
 from tests.support.processes import server_processes
 from tests.support.racing import at_once, no_new_deadlocks
 from tests.support.ws import LiveClient
@@ -38,20 +38,6 @@ def raw(api: Api, base_url: str, method: str, path: str, **kwargs: Any) -> Calla
     """One request to one instance as `api`'s user, with no retry of any kind."""
     headers = {**api.headers, **kwargs.pop("headers", {})}
     return lambda: httpx.request(method, base_url + path, headers=headers, timeout=90, **kwargs)
-
-
-def purchase_args(listing_id: str, quantity: int = 1, order_id: str | None = None) -> dict:
-    return {
-        "order_id": order_id or "ord-" + secrets.token_hex(8),
-        "payment_method": "cod",
-        "items": [
-            {
-                "item_id": "itm-" + secrets.token_hex(8),
-                "listing_id": listing_id,
-                "quantity": quantity,
-            }
-        ],
-    }
 
 
 def stock_of(api: Api, listing_id: str) -> int:

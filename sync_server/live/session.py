@@ -255,9 +255,8 @@ class Session:
     async def _give_up(self, code: int | None, reason: str) -> None:
         self.frames.clear()
         self.queued_bytes = 0
-        if code is not None and isinstance(self.websocket, WebSocket):
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await self.websocket.close(code, reason)
+        if code is not None:
+            await self._close(code, reason)
         if self.on_failure is not None:
             self.on_failure()
 
@@ -336,7 +335,7 @@ class Session:
 
     async def _close(self, code: int, reason: str) -> None:
         if isinstance(self.websocket, WebSocket):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the client may be gone already
                 await self.websocket.close(code, reason)
 
 

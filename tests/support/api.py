@@ -20,15 +20,10 @@ def client_id() -> str:
     return "dev-" + secrets.token_hex(8)
 
 
-def purchase(
-    number: int,
-    listing_id: str,
-    *,
-    order_id: str | None = None,
-    quantity: int = 1,
-    note: str | None = None,
+def purchase_args(
+    listing_id: str, quantity: int = 1, order_id: str | None = None, note: str | None = None
 ) -> dict[str, Any]:
-    """A `purchase_request` mutation of one item, cash on delivery, with fresh ids."""
+    """A purchase request's arguments: one item, cash on delivery, fresh ids."""
     args: dict[str, Any] = {
         "order_id": order_id or "ord-" + secrets.token_hex(6),
         "payment_method": "cod",
@@ -42,6 +37,19 @@ def purchase(
     }
     if note is not None:
         args["note"] = note
+    return args
+
+
+def purchase(
+    number: int,
+    listing_id: str,
+    *,
+    order_id: str | None = None,
+    quantity: int = 1,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """A `purchase_request` mutation of one item, cash on delivery, with fresh ids."""
+    args = purchase_args(listing_id, quantity, order_id, note)
     return {"id": number, "name": "purchase_request", "args": args}
 
 
