@@ -78,12 +78,18 @@ class CursorCodec:
         # verified (lru_cache never keeps a raised error), so the empty-pull fast path skips
         # base64, varints and HMAC. 20,000 entries are a few megabytes.
         self._verified = functools.lru_cache(maxsize=cache_size)(self._verify)
+        # The same way out: the ~30 devices of an account reading one shared page get one
+        # cursor, signed once.
+        self._signed = functools.lru_cache(maxsize=cache_size)(self._sign)
 
     def _mac(self, payload: bytes, user_id: str) -> bytes:
         # hmac.digest is the one-shot C path: no HMAC objects per call, every pull verifies one.
         return hmac.digest(self._key, payload + b"\x00" + user_id.encode(), "sha256")[:MAC_BYTES]
 
     def encode(self, state: CursorState, user_id: str) -> str:
+        return self._signed(state, user_id)
+
+    def _sign(self, state: CursorState, user_id: str) -> str:
         if isinstance(state, LogCursor):
             payload = bytes([VERSION, _LOG]) + _varint(state.position)
         else:

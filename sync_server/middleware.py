@@ -44,6 +44,7 @@ SECURITY_HEADERS = [
     (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+SECURITY_HEADER_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
 NO_STORE = (b"cache-control", b"no-store")
 
 # Low priority: reads a phone repeats anyway, shed before pushes, admin actions, auth and
@@ -188,7 +189,10 @@ class RequestEdgeMiddleware:
                 quiet = status == 304
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers += [pair for pair in SECURITY_HEADERS if pair[0] not in present]
+                if present.isdisjoint(SECURITY_HEADER_NAMES):  # nearly always: all at once
+                    headers += SECURITY_HEADERS
+                else:
+                    headers += [pair for pair in SECURITY_HEADERS if pair[0] not in present]
                 if api and b"cache-control" not in present:
                     headers.append(NO_STORE)
                 if dashboard:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from typing import Any
+
+import httpx
 
 from protocol.cursor import CursorCodec, CursorState, LogCursor, SnapshotCursor
 from storage.changelog import prune
@@ -352,3 +355,40 @@ def test_a_cursor_past_the_logs_head_gets_a_reset(buyer: Api, backend: Backend) 
         build(buyer.pull_all(page["cursor"])[1], replica)
     _, fresh = buyer.pull_all()
     assert without_empty(replica) == without_empty(build(fresh))
+
+
+def test_the_pull_lane_answers_as_the_whole_stack_does(
+    buyer: Api, server: str, monkeypatch: Any, caplog: Any
+) -> None:
+    """GET /api/sync/pull skips the router and the body middleware (sync_server.pull_lane):
+    the edge, the envelopes and the labels must be what every other route gets."""
+    with caplog.at_level(logging.DEBUG, logger="freshroots.access"):  # an empty pull is DEBUG
+        page = buyer.get("/api/sync/pull", headers={"x-request-id": "lane-1"})
+    assert page.status_code == 200 and page.headers["x-request-id"] == "lane-1"
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    line = [r for r in caplog.records if getattr(r, "request_id", "") == "lane-1"]
+    assert line and line[0].route == "/api/sync/pull" and line[0].user_id == buyer.user["id"]  # type: ignore[attr-defined]
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'freshroots_responses_total{route="/api/sync/pull",status="2xx"}' in metrics
+
+    anonymous = httpx.get(f"{server}/api/sync/pull")
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
+    nul = buyer.get("/api/sync/pull?cursor=%00")
+    assert nul.status_code == 400 and nul.json()["error"]["code"] == "invalid_parameter"
+    garbage = buyer.get("/api/sync/pull?cursor=not-a-cursor")
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "malformed_cursor"
+    wrong_method = buyer.post("/api/sync/pull", json={})
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the pull path")
+
+    monkeypatch.setattr("sync_server.routes.sync.read_page", crash)
+    monkeypatch.setattr("sync_server.routes.sync.nothing_new", crash)
+    with caplog.at_level(logging.ERROR, logger="freshroots"):
+        crashed = buyer.get("/api/sync/pull")
+    assert crashed.status_code == 500 and crashed.json()["error"]["code"] == "internal_error"
+    assert crashed.headers["x-request-id"]  # the edge still wrapped it
+    assert any("unhandled error" in r.getMessage() for r in caplog.records)
