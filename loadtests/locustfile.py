@@ -45,8 +45,31 @@ from urllib.parse import quote
 
 import gevent
 import orjson
+from gevent import monkey
+from geventhttpclient.connectionpool import ConnectionPool
 from locust import FastHttpUser, events, task
 from locust.runners import WorkerRunner
+
+# geventhttpclient (2.6) checks that a pooled keep-alive socket is still open with
+# select.select(), which refuses a descriptor past 1023 (ValueError, taken as "dead"). Past
+# ~1,000 users in one locust process every request then opens a new TCP connection: the load
+# generator measures connection set-up, not phones keeping their connection (the server keeps
+# an idle one 75 s, more than the 30 s between polls). The same check with poll(2), which
+# takes any descriptor; the real poll, not gevent's, since it must not wait.
+_poll = monkey.get_original("select", "poll")
+_READABLE_OR_GONE = 0x001 | 0x002 | 0x008 | 0x010 | 0x020  # POLLIN, PRI, ERR, HUP, NVAL
+
+
+def _still_open(self: ConnectionPool, sock: Any) -> bool:
+    """An idle keep-alive socket has nothing to read; readable means closed (or dirty)."""
+    if sock is None or sock.fileno() < 0:
+        return False
+    poller = _poll()
+    poller.register(sock.fileno(), _READABLE_OR_GONE)
+    return not poller.poll(0)
+
+
+ConnectionPool._is_socket_alive = _still_open  # type: ignore[method-assign]
 
 
 def _lines(variable: str) -> list[list[str]]:
