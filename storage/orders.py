@@ -23,9 +23,10 @@ while a buyer's batch [buy from L, cancel Y] would otherwise hold L and then wan
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from protocol.mutations import PurchaseItem, PurchaseRequest
 from storage.changelog import Tx
@@ -118,12 +119,49 @@ async def refuse_taken_ids(tx: Tx, request: PurchaseRequest, *, order: bool = Tr
 async def place_purchase_request(
     tx: Tx, buyer: Principal, request: PurchaseRequest
 ) -> dict[str, Any]:
-    """Reserve stock and create a pending order, or raise MutationRejected (the caller's
-    savepoint undoes what was written). `request` comes from `protocol.mutations.parse` (or
-    typed decoding), which has checked every field."""
+    """Reserve stock and create a pending order, or raise MutationRejected having undone
+    what it wrote, so a push needs no savepoint around it (two round trips a purchase, and
+    under load a push waits for the event loop once per statement). `request` comes from
+    `protocol.mutations.parse` (or typed decoding), which has checked every field.
+
+    Nothing here fails with a database error for a business reason: a reservation that
+    finds too little stock updates no row, a taken id inserts nothing (ON CONFLICT DO
+    NOTHING), so the transaction stays usable and a refusal is answered by undoing what
+    this call wrote, on rows it already holds locked (`PurchaseWrites.undo`)."""
+    writes = PurchaseWrites()
+    try:
+        return await _place(tx, buyer, request, writes)
+    except MutationRejected:
+        await writes.undo(tx)
+        raise
+
+
+@dataclass
+class PurchaseWrites:
+    """What a purchase has written so far: stock reserved, and its order row (with items)."""
+
+    reserved: list[tuple[str, int]] = field(default_factory=list)
+    order_id: str | None = None
+
+    async def undo(self, tx: Tx) -> None:
+        if self.order_id is not None:
+            await tx.conn.execute(delete(OrderItem).where(OrderItem.order_id == self.order_id))
+            await tx.conn.execute(delete(Order).where(Order.id == self.order_id))
+            self.order_id = None
+        for listing_id, quantity in self.reserved:
+            await tx.conn.execute(
+                update(Listing)
+                .where(Listing.id == listing_id)
+                .values(stock=Listing.stock + quantity)
+            )
+        self.reserved.clear()
+
+
+async def _place(
+    tx: Tx, buyer: Principal, request: PurchaseRequest, writes: PurchaseWrites
+) -> dict[str, Any]:
     # No look for a taken order or item id first: the inserts below refuse one (ON CONFLICT)
-    # and the savepoint undoes the stock reserved before them. Two statements fewer a
-    # purchase, and under load a push waits for the event loop once per statement.
+    # and the refusal undoes the stock reserved before them. Two statements fewer a purchase.
     conn = tx.conn
     prices: dict[str, int] = {}
     for item in sorted(request.items, key=lambda entry: (entry.listing_id, entry.item_id)):
@@ -153,6 +191,7 @@ async def place_purchase_request(
                 )
             raise MutationRejected("out_of_stock", f"not enough stock of listing {item.listing_id}")
         prices[item.item_id] = int(reserved.price)
+        writes.reserved.append((item.listing_id, item.quantity))
         tx.changed(
             "listings",
             item.listing_id,
@@ -184,6 +223,7 @@ async def place_purchase_request(
     )
     if created.first() is None:
         raise MutationRejected("duplicate_id", "order_id is already in use")
+    writes.order_id = request.order_id
     inserted_items = (
         await conn.execute(
             insert_for(tx.dialect)(OrderItem)
@@ -202,7 +242,8 @@ async def place_purchase_request(
         )
     ).all()
     if len(inserted_items) != len(request.items):
-        await refuse_taken_ids(tx, request, order=False)  # names the id taken before
+        await writes.undo(tx)  # first, so that only the id taken before is still there
+        await refuse_taken_ids(tx, request, order=False)  # names it
         raise MutationRejected("duplicate_id", "an item_id is already in use")
     scopes = owned_scopes(buyer.user_id)
     tx.created("orders", request.order_id, scopes)

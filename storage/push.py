@@ -51,9 +51,9 @@ HANDLERS: dict[str, tuple[type[msgspec.Struct], Handler]] = {
 }
 
 
-# Handlers that refuse only before they write anything: a savepoint (two round trips) would
-# have nothing to undo.
-NO_SAVEPOINT = frozenset({"express_interest"})
+# Handlers that leave nothing behind when they refuse (they refuse before writing anything,
+# or undo what they wrote): a savepoint (two round trips) would have nothing to undo.
+NO_SAVEPOINT = frozenset({"express_interest", "purchase_request"})
 
 
 def rejected(mutation_id: int, code: str, message: str) -> dict[str, Any]:

@@ -390,12 +390,10 @@ async def _purchase(
         request = _purchase_request(raw, items)
     except InvalidArgs:
         return "refused"
-    savepoint = await tx.conn.begin_nested()
     checkpoint = tx.checkpoint()
     try:
-        await place_purchase_request(tx, buyer, request)
+        await place_purchase_request(tx, buyer, request)  # undoes its own writes if refused
     except MutationRejected as rejection:
-        await savepoint.rollback()
         tx.restore(checkpoint)
         if rejection.error_code == "duplicate_id":
             # The same record pushed again while this push ran (a retry racing the original):
@@ -406,5 +404,4 @@ async def _purchase(
             await _record_rejected_order(tx, buyer, request, rejection.error_code)
             return "recorded"
         return "refused"
-    await savepoint.commit()
     return "applied"

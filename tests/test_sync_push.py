@@ -271,3 +271,71 @@ def test_batches_the_database_could_not_store_are_refused_up_front(
     socket.send({"type": "pong"})  # the session is still open and usable
     socket.close()
     assert stock_of(admin, listing["id"]) == 100_000
+
+
+def test_a_refused_purchase_leaves_nothing_behind(admin: Api, buyer: Api, server: str) -> None:
+    """A purchase undoes its own writes when refused (no savepoint around it): the stock it
+    reserved for earlier items, the order row it created before an item id turned out taken;
+    the batch's other mutations stand."""
+    # Items are reserved in listing id order: the one with plenty comes first.
+    plenty, scarce = sorted(
+        (admin.create_listing(stock=10), admin.create_listing(stock=10)),
+        key=lambda listing: str(listing["id"]),
+    )
+    assert admin.patch(f"/api/admin/listings/{scarce['id']}", json={"stock": 1}).is_success
+    taken_item = new_id("itm")
+    other = register(server, "other")
+    assert other.push(
+        client_id(),
+        [
+            {
+                "id": 1,
+                "name": "purchase_request",
+                "args": {
+                    "order_id": new_id("ord"),
+                    "payment_method": "cod",
+                    "items": [{"item_id": taken_item, "listing_id": plenty["id"], "quantity": 1}],
+                },
+            }
+        ],
+    ).json()["results"][0]["ok"]
+    stock_before = {plenty["id"]: 9, scarce["id"]: 1}
+    assert {key: stock_of(admin, key) for key in stock_before} == stock_before
+
+    def items(*entries: tuple[str, str, int]) -> list[dict]:
+        return [
+            {"item_id": item_id, "listing_id": listing_id, "quantity": quantity}
+            for item_id, listing_id, quantity in entries
+        ]
+
+    short_order, taken_order = new_id("ord"), new_id("ord")
+    batch = [
+        # Reserved from the first listing (in id order), then too little of the second.
+        {
+            "id": 1,
+            "name": "purchase_request",
+            "args": {
+                "order_id": short_order,
+                "payment_method": "cod",
+                "items": items((new_id("itm"), plenty["id"], 1), (new_id("itm"), scarce["id"], 5)),
+            },
+        },
+        # Stock reserved from both and the order row written, then an item id is taken.
+        {
+            "id": 2,
+            "name": "purchase_request",
+            "args": {
+                "order_id": taken_order,
+                "payment_method": "cod",
+                "items": items((new_id("itm"), scarce["id"], 1), (taken_item, plenty["id"], 2)),
+            },
+        },
+        purchase(3, plenty["id"], 1),
+    ]
+    codes = [
+        r.get("error", {}).get("code") for r in buyer.push(client_id(), batch).json()["results"]
+    ]
+    assert codes == ["out_of_stock", "duplicate_id", None]
+    assert stock_of(admin, plenty["id"]) == 8 and stock_of(admin, scarce["id"]) == 1
+    mine = {order["id"] for order in buyer.get("/api/orders").json()["items"]}
+    assert short_order not in mine and taken_order not in mine and len(mine) == 1

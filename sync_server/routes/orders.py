@@ -78,11 +78,9 @@ async def _purchase(tx: Tx, buyer: Principal, request: PurchaseRequest) -> tuple
     if earlier is not None:
         return earlier
     checkpoint = tx.checkpoint()
-    savepoint = await tx.conn.begin_nested()
     try:
-        await place_purchase_request(tx, buyer, request)
+        await place_purchase_request(tx, buyer, request)  # undoes its own writes if refused
     except MutationRejected as rejection:
-        await savepoint.rollback()
         tx.restore(checkpoint)
         if rejection.error_code == "duplicate_id":
             # A twin request created the order while this one ran; it is visible now.
@@ -90,7 +88,6 @@ async def _purchase(tx: Tx, buyer: Principal, request: PurchaseRequest) -> tuple
             if earlier is not None:
                 return earlier
         return rejection.status_code, orjson.dumps(rejection.envelope())
-    await savepoint.commit()
     return _answer(201, await order_with_items(tx.conn, request.order_id))
 
 
