@@ -19,6 +19,7 @@ test: $(STAMP)  ## the whole suite, on the embedded default and on PostgreSQL + 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

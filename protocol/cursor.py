@@ -19,7 +19,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from sync_server.errors import MalformedCursor
+from protocol.errors import MalformedCursor
 
 VERSION = 1
 MAC_BYTES = 8

@@ -6,12 +6,12 @@ from typing import Any
 
 from sqlalchemy import literal, select, update
 
+from protocol.errors import MutationRejected
 from protocol.mutations import ExpressInterest, MarkNotificationsRead, RegisterDevice
 from storage.changelog import Tx
 from storage.db import insert_for, new_id, now_ms
 from storage.models import Device, InterestExpression, Listing, Notification
 from storage.scopes import Principal, owned_scopes, personal_scopes
-from sync_server.errors import MutationRejected
 
 
 async def _replayed_interest(tx: Tx, buyer: Principal, args: ExpressInterest) -> bool:

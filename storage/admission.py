@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from sync_server.errors import ServiceUnavailable
+from protocol.errors import ServiceUnavailable
 
 
 class Priority(enum.IntEnum):

@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from protocol.errors import ServiceUnavailable
 from storage.admission import AdmissionGate, Priority, request_priority
-from sync_server.errors import ServiceUnavailable
 
 log = logging.getLogger("freshroots.db")
 T = TypeVar("T")

@@ -22,9 +22,9 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from integrations.facebook.parser import PostDrafts
 from storage.changelog import ChangeLog
 from storage.db import now_ms
+from storage.drafts import PostDrafts
 from storage.listings import create_listing, update_listing
 from storage.models import Listing
 from storage.records import notify_admins

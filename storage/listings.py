@@ -11,13 +11,13 @@ import orjson
 from sqlalchemy import delete, insert, literal_column, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from protocol.errors import BadRequest, NotFound
 from storage.changelog import Tx
 from storage.db import new_id, now_ms
 from storage.models import Listing, ListingImage
 from storage.records import audit
 from storage.scopes import Principal, listing_scopes
 from storage.synced import LISTINGS
-from sync_server.errors import BadRequest, NotFound
 
 EDITABLE = ("title", "description", "price", "unit", "stock", "category", "status", "images")
 SEARCH_TOKEN = re.compile(r"\w+", re.UNICODE)

@@ -28,13 +28,13 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from protocol.errors import IllegalTransition, MutationRejected, NotFound
 from protocol.mutations import PurchaseItem, PurchaseRequest
 from storage.changelog import Tx
 from storage.db import insert_for, now_ms
 from storage.models import Listing, Order, OrderItem
 from storage.records import audit, notify, notify_admins
 from storage.scopes import Principal, listing_scopes, owned_scopes
-from sync_server.errors import IllegalTransition, MutationRejected, NotFound
 
 MAX_ORDER_TOTAL = 2**31 - 1  # cents
 

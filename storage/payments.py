@@ -9,18 +9,31 @@ someone must refund it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from integrations.payments.base import VerifiedNotification
+from protocol.errors import IllegalTransition, NotFound
 from storage.changelog import Tx
 from storage.db import Database, new_id, now_ms
 from storage.models import Order, Payment, PaymentEvent
 from storage.orders import find_order, set_order_paid
 from storage.records import notify, notify_admins
 from storage.scopes import Principal, owned_scopes
-from sync_server.errors import IllegalTransition, NotFound
+
+
+@dataclass(frozen=True)
+class VerifiedNotification:
+    """A payment notification the gateway has vouched for (the payments integration makes
+    it from the aggregator's callback); what `apply_notification` accepts."""
+
+    status: str  # "success" | "fail"
+    attempt_id: str
+    transaction_id: str | None
+    amount_cents: int
+    currency: str
+    payment_method: str | None
 
 
 async def open_attempt(tx: Tx, buyer: Principal, order_id: str, method: str) -> dict[str, Any]:

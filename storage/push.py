@@ -17,6 +17,7 @@ import msgspec
 import orjson
 from sqlalchemy import insert, select, update
 
+from protocol.errors import Forbidden, MutationRejected, ValidationFailed
 from protocol.mutations import (
     CancelOrder,
     ExpressInterest,
@@ -32,7 +33,6 @@ from storage.db import insert_for, now_ms
 from storage.models import MutationResult, SyncClient
 from storage.orders import cancel_order, listings_named, lock_for_batch, place_purchase_request
 from storage.scopes import Principal
-from sync_server.errors import Forbidden, MutationRejected, ValidationFailed
 
 
 class Mutation(msgspec.Struct, forbid_unknown_fields=True):

@@ -34,9 +34,9 @@ from typing import Protocol
 from redis.asyncio import Redis
 from sqlalchemy import insert, select, update
 
+from protocol.errors import InvalidToken
 from storage.db import Database, now_ms
 from storage.models import RefreshToken
-from sync_server.errors import InvalidToken
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from protocol.errors import EmailTaken, NotFound
 from storage.changelog import Tx
 from storage.db import new_id, now_ms
 from storage.models import (
@@ -20,7 +21,6 @@ from storage.models import (
 )
 from storage.scopes import owned_scopes
 from storage.synced import INTERESTS, NOTIFICATIONS, ORDER_ITEMS, ORDERS, PAYMENTS
-from sync_server.errors import EmailTaken, NotFound
 
 USER_WIRE = ("id", "email", "name", "phone", "role", "email_verified", "created_at")
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from protocol.cursor import CursorState, LogCursor
+from protocol.errors import BadRequest, Conflict, MutationRejected
 from protocol.mutations import (
     MAX_READ_IDS,
     ExpressInterest,
@@ -40,7 +41,6 @@ from storage.records import notify
 from storage.scopes import Principal, owned_scopes
 from storage.synced import BY_NAME
 from storage.tail import ChangeTail
-from sync_server.errors import BadRequest, Conflict, MutationRejected
 
 PAGE = 1000
 WRITABLE_CREATE = {"orders", "order_items", "interest_expressions"}

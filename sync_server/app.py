@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from integrations.analytics.sentry import init_sentry
 from integrations.payments.sandbox import create_mips_standin
+from protocol.errors import FreshRootsError
 from storage.admission import Priority
 from storage.changelog import prune
 from storage.db import Database
@@ -28,7 +29,7 @@ from storage.migrate import pending_message
 from storage.outbox import stats as outbox_stats
 from storage.pull import log_head
 from sync_server.channels import build_channels
-from sync_server.errors import FreshRootsError, error_response
+from sync_server.errors import error_response
 from sync_server.http import json_response
 from sync_server.metrics import GcPauses, Metrics
 from sync_server.middleware import (

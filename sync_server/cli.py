@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, TypeVar
 from sync_server.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from integrations.payments.base import VerifiedNotification
     from storage.changelog import ChangeLog, Tx
+    from storage.payments import VerifiedNotification
 
 T = TypeVar("T")
 

@@ -11,8 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storage.scopes import Principal
-from sync_server.errors import (
+from protocol.errors import (
     BadRequest,
     Forbidden,
     MalformedJSON,
@@ -20,6 +19,7 @@ from sync_server.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from storage.scopes import Principal
 from sync_server.services import services_of
 
 T = TypeVar("T")

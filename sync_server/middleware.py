@@ -20,13 +20,9 @@ import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protocol.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from storage.admission import Overloaded, Priority, request_priority
-from sync_server.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    error_response,
-)
+from sync_server.errors import error_response
 from sync_server.logs import AccessLog
 from sync_server.metrics import Metrics
 

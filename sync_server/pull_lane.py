@@ -20,7 +20,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sync_server.errors import BadRequest, FreshRootsError, error_response
+from protocol.errors import BadRequest, FreshRootsError
+from sync_server.errors import error_response
 
 log = logging.getLogger("freshroots")
 

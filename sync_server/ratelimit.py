@@ -19,8 +19,8 @@ from collections import defaultdict
 
 import anyio
 
+from protocol.errors import RateLimited
 from storage.cache import Cache
-from sync_server.errors import RateLimited
 from sync_server.settings import RateLimits
 
 log = logging.getLogger("freshroots.ratelimit")

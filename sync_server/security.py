@@ -10,8 +10,8 @@ import anyio
 import bcrypt
 import jwt
 
+from protocol.errors import InvalidToken, ValidationFailed
 from storage.scopes import Principal
-from sync_server.errors import InvalidToken, ValidationFailed
 
 # bcrypt only reads the first 72 bytes; longer passwords are refused rather than truncated.
 MAX_PASSWORD_BYTES = 72

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, example, given, settings
 from schemathesis.checks import not_a_server_error
 
 from protocol.cursor import CursorCodec, CursorState, ForeignCursor, LogCursor, SnapshotCursor
+from protocol.errors import MalformedCursor
 from protocol.mutations import InvalidArgs, PurchaseRequest, parse
 from sync_server.app import create_app
 from sync_server.cli import ensure_admin
-from sync_server.errors import MalformedCursor
 from tests.conftest import ADMIN_PASSWORD, Backend, fresh_backend
 from tests.support.api import Api, login
 from tests.support.live_server import serve_in_thread

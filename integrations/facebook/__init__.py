@@ -7,8 +7,9 @@ from integrations.facebook.graph import (
     FacebookUnavailable,
     GraphClient,
 )
-from integrations.facebook.parser import Draft, PostDrafts, parse_feed_page, parse_message
+from integrations.facebook.parser import parse_feed_page, parse_message
 from integrations.facebook.settings import FacebookSettings
+from storage.drafts import Draft, PostDrafts  # what the parser makes: storage's shapes
 
 __all__ = [
     "Draft",

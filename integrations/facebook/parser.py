@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import orjson
+
+from storage.drafts import Draft, PostDrafts
 
 UNITS: dict[str, str] = {
     # kg
@@ -135,23 +137,6 @@ CLAUSE_BREAK = re.compile(r"\n+|(?<![Rr][Ss])[.!?](?:\s+|$)|,(?!\d)|;|•|·|\(|
 # "3 pou Rs 100", "2 for Rs 50": a bundle price, sold as a pack.
 BUNDLE = re.compile(r"\b\d+\s*(?:pou|pour|for|x)\s*$", re.IGNORECASE)
 FILLER = {"ou", "or", "et", "and", "ek", "avec", "with", "seulement", "only", "prix", "price"}
-
-
-@dataclass(frozen=True)
-class Draft:
-    title: str
-    price: int  # MUR cents
-    unit: str
-
-
-@dataclass(frozen=True)
-class PostDrafts:
-    post_id: str
-    message: str
-    created_time: str | None
-    picture: str | None
-    permalink: str | None
-    drafts: list[Draft]
 
 
 def _cents(match: re.Match[str]) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from storage.payments import VerifiedNotification  # the shape storage accepts, made here
+
 
 class PaymentProviderError(Exception):
     """The provider refused the request (bad credentials, bad data): retrying will not help."""
@@ -29,16 +31,6 @@ class PaymentInitiation:
     payment_url: str | None = None
     qr_code: str | None = None
     payment_zone_html: str | None = None
-
-
-@dataclass(frozen=True)
-class VerifiedNotification:
-    status: str  # "success" | "fail"
-    attempt_id: str
-    transaction_id: str | None
-    amount_cents: int
-    currency: str
-    payment_method: str | None
 
 
 class PaymentProvider(Protocol):

@@ -20,9 +20,9 @@ from integrations.payments.base import (
     PaymentInitiation,
     PaymentProviderError,
     PaymentProviderUnavailable,
-    VerifiedNotification,
 )
 from integrations.payments.settings import MipsSettings
+from storage.payments import VerifiedNotification
 
 
 def to_gateway_amount(cents: int, in_cents: bool) -> str | int:

@@ -30,10 +30,10 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol.cursor import LogCursor
+from protocol.errors import FreshRootsError, MalformedCursor
 from storage.admission import Priority, low_priority_patience, request_priority
 from storage.push import Mutation, check_batch, push
 from storage.scopes import Principal
-from sync_server.errors import FreshRootsError, MalformedCursor
 from sync_server.http import refuse_nul
 from sync_server.services import Services
 from sync_server.syncing import decode_cursor, page_body, read_page

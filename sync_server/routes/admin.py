@@ -16,11 +16,11 @@ from starlette.routing import Route
 
 from integrations.media.cloudinary_media import is_valid_public_id
 from protocol.cursor import LogCursor
+from protocol.errors import NotConfigured, NotFound, ValidationFailed
 from storage import listings as listing_store
 from storage import orders as order_store
 from storage.changelog import Tx
 from storage.scopes import Principal
-from sync_server.errors import NotConfigured, NotFound, ValidationFailed
 from sync_server.http import (
     doc,
     json_response,

@@ -6,12 +6,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import ValidationFailed
 from storage.analytics import report
 from storage.db import now_ms
 from storage.listings import decode_page_cursor, encode_page_cursor
 from storage.models import AdminAction
 from storage.synced import ADMIN_ACTIONS
-from sync_server.errors import ValidationFailed
 from sync_server.http import doc, json_response, query_int, require_admin
 from sync_server.services import services_of
 

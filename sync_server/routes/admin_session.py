@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import Forbidden, InvalidToken
 from storage import users
-from sync_server.errors import Forbidden, InvalidToken
 from sync_server.http import doc, json_response, read_json
 from sync_server.routes.auth import check_credentials
 from sync_server.services import Services, services_of

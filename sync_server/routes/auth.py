@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import InvalidCredentials, InvalidToken, ValidationFailed
 from storage import users
-from sync_server.errors import InvalidCredentials, InvalidToken, ValidationFailed
 from sync_server.http import authenticate, doc, json_response, no_content, read_json
 from sync_server.security import check_password_shape
 from sync_server.services import Services, services_of

@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import InvalidCode, RateLimited
 from storage import users
 from storage.db import new_id, now_ms
 from storage.models import User
 from storage.outbox import enqueue
-from sync_server.errors import InvalidCode, RateLimited
 from sync_server.http import authenticate, doc, json_response, no_content, read_json
 from sync_server.routes.auth import client_ip, signed_in_user
 from sync_server.security import check_password_shape

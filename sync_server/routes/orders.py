@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import IdempotencyKeyReused, MutationRejected, NotFound, ValidationFailed
 from protocol.mutations import ExpressInterest, InvalidArgs, PurchaseRequest, parse, same_purchase
 from storage.activity import express_interest
 from storage.changelog import Tx
@@ -22,7 +23,6 @@ from storage.models import IdempotencyKey, Notification, Order, OrderItem
 from storage.orders import place_purchase_request
 from storage.scopes import Principal
 from storage.synced import NOTIFICATIONS, ORDER_ITEMS, ORDERS
-from sync_server.errors import IdempotencyKeyReused, MutationRejected, NotFound, ValidationFailed
 from sync_server.http import (
     authenticate,
     doc,

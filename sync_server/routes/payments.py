@@ -16,8 +16,8 @@ from integrations.payments.base import (
 )
 from integrations.payments.sandbox import GatewayState, sandbox_gateway
 from integrations.payments.settings import MipsSettings
+from protocol.errors import FreshRootsError, NotConfigured, ServiceUnavailable, ValidationFailed
 from storage.payments import apply_notification, mark_event, open_attempt, store_event
-from sync_server.errors import FreshRootsError, NotConfigured, ServiceUnavailable, ValidationFailed
 from sync_server.http import authenticate, doc, json_response, path_param, read_json
 from sync_server.services import services_of
 from sync_server.settings import Settings

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import ValidationFailed
 from storage import watermelon
-from sync_server.errors import ValidationFailed
 from sync_server.http import authenticate, doc, json_response, read_json
 from sync_server.services import services_of
 from sync_server.syncing import wait_for_tail

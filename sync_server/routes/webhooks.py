@@ -19,8 +19,8 @@ from integrations.facebook.graph import (
 from integrations.facebook.parser import parse_feed_page
 from integrations.facebook.settings import FacebookSettings
 from integrations.facebook.webhook import changed_posts, handshake, verify_signature
+from protocol.errors import Forbidden, MalformedJSON, NotConfigured, ServiceUnavailable
 from storage.imports import import_posts
-from sync_server.errors import Forbidden, MalformedJSON, NotConfigured, ServiceUnavailable
 from sync_server.http import doc, json_response, read_json, require_admin
 from sync_server.services import services_of
 
