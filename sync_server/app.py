@@ -31,6 +31,7 @@ from storage.pull import log_head
 from sync_server.channels import build_channels
 from sync_server.errors import error_response
 from sync_server.http import json_response
+from sync_server.live.hub import LiveHub
 from sync_server.metrics import GcPauses, Metrics
 from sync_server.middleware import (
     PULL_PATH,
@@ -162,6 +163,7 @@ def create_app(settings: Settings) -> Starlette:
         async with open_services(
             settings, payments_gateway=sandbox.settings if sandbox else None
         ) as services:
+            services.live = LiveHub(services)
             app.state.services = services
             app.state.metrics = app_metrics
             app_metrics.refresh = lambda: refresh_gauges(services, app_metrics, edge_admission)

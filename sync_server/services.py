@@ -6,11 +6,12 @@ have their own engine, Redis client and httpx client.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from redis.asyncio import Redis
@@ -29,14 +30,39 @@ from storage.codes import CodeBook
 from storage.db import Database
 from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
+from storage.tail import ChangeTail
 from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
-from sync_server.live.hub import LiveHub
 from sync_server.pages import SharedPages
 from sync_server.ratelimit import RateLimiter
 from sync_server.security import AccessTokens, PasswordHasher
 from sync_server.settings import Settings
 
 log = logging.getLogger("freshroots")
+
+
+class Live(Protocol):
+    """What handlers and sessions use of the process's live hub (`sync_server.live.hub.LiveHub`).
+
+    The app's lifespan makes the hub and hands it in (`Services.live`): the hub's sessions run
+    the handlers' sync code, which takes `Services`, so `Services` knows the hub only by this
+    shape, never by its module (no import circle; pyproject.toml's contract checks it)."""
+
+    @property
+    def tail(self) -> ChangeTail: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def sessions(self) -> Collection[Any]: ...
+    @property
+    def overflows(self) -> int: ...
+    @property
+    def catch_up_turns(self) -> asyncio.Semaphore: ...
+    def add(self, session: Any) -> None: ...
+    def discard(self, session: Any) -> None: ...
+    def count_overflow(self) -> None: ...
+    def snapshot_origin(self) -> int | None: ...
+    async def reach(self, position: int, wait_seconds: float) -> bool: ...
+    async def run(self) -> None: ...
 
 
 @dataclass
@@ -59,12 +85,11 @@ class Services:
     media_admin: CloudinaryAdmin | None = None
     payments: PaymentProvider | None = None
     analytics: PostHogClient | None = None
-    live: LiveHub = field(init=False)
+    live: Live = field(init=False)  # the lifespan's hub, handed in once it is made
     pages: SharedPages = field(init=False)
     redis: Redis | None = None
 
     def __post_init__(self) -> None:
-        self.live = LiveHub(self)
         self.pages = SharedPages(self.settings.shared_pages_megabytes * 1024 * 1024)
 
     def track(self, distinct_id: str, event: str, **properties: Any) -> None:

@@ -51,6 +51,7 @@ class RecordingSocket:
 def run(backend: Backend, scenario: Callable[[Services], Awaitable[None]], **settings: str) -> None:
     async def main() -> None:
         async with open_services(backend.settings(**settings)) as services:
+            services.live = hub_module.LiveHub(services)
             await scenario(services)
 
     asyncio.run(main())

@@ -55,6 +55,9 @@ class LiveHub:
         self.catch_up_turns = asyncio.Semaphore(CONCURRENT_CATCH_UPS)
         self._caught_up = asyncio.Condition()
 
+    def count_overflow(self) -> None:
+        self.overflows += 1
+
     def add(self, session: Session) -> None:
         self.sessions.add(session)
 

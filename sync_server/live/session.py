@@ -179,7 +179,7 @@ class Session:
 
     def _overflow(self) -> None:
         self.overflows += 1
-        self.services.live.overflows += 1
+        self.services.live.count_overflow()
         self._drop_queued_changes()
         self.position = self.sent_position
         self._request_catch_up()
