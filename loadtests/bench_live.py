@@ -31,9 +31,8 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtests.seeding import Target, create_admin, with_changelog  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
-from sync_server.cli import _with_changelog, ensure_admin  # noqa: E402
-from sync_server.settings import Settings  # noqa: E402
 from tests.support import services as real  # noqa: E402
 from tests.support.processes import start_server  # noqa: E402
 
@@ -171,11 +170,10 @@ def main() -> None:
         env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp()}/live.db"
     try:
         upgrade(env["DATABASE_URL"])
-        settings = Settings.from_environ(env)
-        asyncio.run(ensure_admin(settings, "live-admin@freshroots.test", "live admin pass", "A"))
+        create_admin(env, "live-admin@freshroots.test", "live admin pass", "A")
         from storage.seed import seed_listings
 
-        asyncio.run(_with_changelog(settings, lambda log: seed_listings(log, 50)))
+        asyncio.run(with_changelog(Target.of(env), lambda log: seed_listings(log, 50)))
         server = start_server(env)
         try:
             http = httpx.Client(base_url=server.base_url)

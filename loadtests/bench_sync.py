@@ -43,9 +43,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadtests.seeding import Target, create_admin, with_changelog  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
-from sync_server.cli import _with_changelog, ensure_admin  # noqa: E402
-from sync_server.settings import Settings  # noqa: E402
 from tests.support import services as real  # noqa: E402
 from tests.support.live_server import free_port  # noqa: E402
 from tests.support.processes import start_server  # noqa: E402
@@ -264,13 +263,13 @@ def run_backend(
     profile: bool = False,
     workers: int = 1,
 ) -> None:
-    settings = Settings.from_environ(env)
+    database = Target.of(env)
     upgrade(env["DATABASE_URL"])
     from storage.seed import seed_listings
 
-    asyncio.run(_with_changelog(settings, lambda log: seed_listings(log, 300)))
+    asyncio.run(with_changelog(database, lambda log: seed_listings(log, 300)))
     admin_email = "bench-admin@freshroots.test"
-    asyncio.run(ensure_admin(settings, admin_email, "bench admin password", "Bench"))
+    create_admin(env, admin_email, "bench admin password", "Bench")
 
     # As a user runs it: the access log on (to a file, read by nobody, like production's).
     server_log = open(Path(tempfile.mkdtemp()) / "server.log", "wb")  # noqa: SIM115
@@ -391,7 +390,7 @@ def run_backend(
             for _ in range(10)
         )
         print(
-            f"  login (bcrypt, {settings.bcrypt_rounds} rounds): p50 "
+            f"  login (bcrypt, {database.bcrypt_rounds} rounds): p50 "
             f"{statistics.median(login_ms):.0f} ms, max {login_ms[-1]:.0f} ms"
         )
         for label, params in (

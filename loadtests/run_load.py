@@ -64,6 +64,7 @@ import jwt  # noqa: E402
 import psutil  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
 
+from loadtests.seeding import Target, create_admin, password_hash, with_changelog  # noqa: E402
 from protocol.cursor import CursorCodec, LogCursor  # noqa: E402
 from storage.changelog import ChangeLog  # noqa: E402
 from storage.db import Database, new_id, now_ms  # noqa: E402
@@ -71,9 +72,6 @@ from storage.listings import create_listing  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from storage.models import ChangeLogEntry, User  # noqa: E402
 from storage.seed import PRODUCE  # noqa: E402
-from sync_server.cli import _with_changelog, ensure_admin  # noqa: E402
-from sync_server.security import PasswordHasher  # noqa: E402
-from sync_server.settings import Settings  # noqa: E402
 from tests.support import services as real  # noqa: E402
 from tests.support.processes import ServerProcess, start_server  # noqa: E402
 
@@ -124,12 +122,12 @@ async def create_listings(changelog: ChangeLog, count: int) -> list[tuple[str, i
     return created
 
 
-async def create_accounts(settings: Settings, count: int) -> list[str]:
+async def create_accounts(target: Target, count: int) -> list[str]:
     """Buyer accounts, bulk-inserted with one precomputed password hash (nobody logs in:
     their tokens are minted)."""
-    db = Database(settings.database_url)
+    db = Database(target.database_url)
     try:
-        password_hash = await PasswordHasher(settings.bcrypt_rounds).hash("load test password")
+        hashed = password_hash(target, "load test password")
         user_ids = [new_id() for _ in range(count)]
         now = now_ms()
         async with db.write() as conn:
@@ -139,7 +137,7 @@ async def create_accounts(settings: Settings, count: int) -> list[str]:
                     {
                         "id": uid,
                         "email": f"load-{uid}@example.mu",
-                        "password_hash": password_hash,
+                        "password_hash": hashed,
                         "name": "Load buyer",
                         "phone": None,
                         "role": "user",
@@ -155,8 +153,8 @@ async def create_accounts(settings: Settings, count: int) -> list[str]:
         await db.dispose()
 
 
-async def user_id_of(settings: Settings, email: str) -> str:
-    db = Database(settings.database_url)
+async def user_id_of(target: Target, email: str) -> str:
+    db = Database(target.database_url)
     try:
         async with db.read() as conn:
             return str(
@@ -166,8 +164,8 @@ async def user_id_of(settings: Settings, email: str) -> str:
         await db.dispose()
 
 
-async def log_head(settings: Settings) -> int:
-    db = Database(settings.database_url)
+async def log_head(target: Target) -> int:
+    db = Database(target.database_url)
     try:
         async with db.read() as conn:
             query = select(func.coalesce(func.max(ChangeLogEntry.position), 0))
@@ -176,10 +174,10 @@ async def log_head(settings: Settings) -> int:
         await db.dispose()
 
 
-async def log_activity(settings: Settings, window: tuple[float, float]) -> dict[str, float]:
+async def log_activity(target: Target, window: tuple[float, float]) -> dict[str, float]:
     """Change-log entries committed in the window, a second, by table and kind of scope
     (public: the catalogue every phone pulls; user: an account's own rows; admin)."""
-    db = Database(settings.database_url)
+    db = Database(target.database_url)
     try:
         async with db.read() as conn:
             rows = (
@@ -214,22 +212,22 @@ def search_words(titles: list[str]) -> list[str]:
     return sorted({word.lower() for title in titles for word in re.findall(r"[^\W\d_]{4,}", title)})
 
 
-def seed(settings: Settings, folder: Path, listings: int, accounts: int) -> dict[str, str]:
+def seed(env: dict[str, str], folder: Path, listings: int, accounts: int) -> dict[str, str]:
     """Seeds the database; returns the locust environment (files in `folder`)."""
     started = time.monotonic()
     print(f"  seeding {listings} listings (storage write path)", flush=True)
-    created = asyncio.run(_with_changelog(settings, lambda log: create_listings(log, listings)))
+    target = Target.of(env)
+    created = asyncio.run(with_changelog(target, lambda log: create_listings(log, listings)))
     print(f"  seeding {accounts} accounts", flush=True)
-    user_ids = asyncio.run(create_accounts(settings, accounts))
-    asyncio.run(ensure_admin(settings, "load-admin@freshroots.test", "load admin pass", "Admin"))
-    admin_id = asyncio.run(user_id_of(settings, "load-admin@freshroots.test"))
+    user_ids = asyncio.run(create_accounts(target, accounts))
+    create_admin(env, "load-admin@freshroots.test", "load admin pass", "Admin")
+    admin_id = asyncio.run(user_id_of(target, "load-admin@freshroots.test"))
     # The phones synced before the run: each account's devices start at the log's head.
-    codec = CursorCodec(settings.jwt_secret.encode())
-    head = LogCursor(asyncio.run(log_head(settings)))
+    codec = CursorCodec(target.jwt_secret.encode())
+    head = LogCursor(asyncio.run(log_head(target)))
     (folder / "accounts.txt").write_text(
         "\n".join(
-            f"{token(settings.jwt_secret, uid, 'user')} {codec.encode(head, uid)}"
-            for uid in user_ids
+            f"{token(target.jwt_secret, uid, 'user')} {codec.encode(head, uid)}" for uid in user_ids
         )
     )
     (folder / "listings.txt").write_text("\n".join(f"{lid} {price}" for lid, price, _ in created))
@@ -237,7 +235,7 @@ def seed(settings: Settings, folder: Path, listings: int, accounts: int) -> dict
     return {
         "LOAD_ACCOUNTS": str(folder / "accounts.txt"),
         "LOAD_LISTINGS": str(folder / "listings.txt"),
-        "LOAD_ADMIN": token(settings.jwt_secret, admin_id, "admin"),
+        "LOAD_ADMIN": token(target.jwt_secret, admin_id, "admin"),
         "LOAD_SEARCH_WORDS": " ".join(search_words([title for _, _, title in created])),
     }
 
@@ -627,8 +625,7 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
     server: ServerProcess | None = None
     try:
         upgrade(database_url)
-        settings = Settings.from_environ(env)
-        locust_env = seed(settings, folder, args.listings, args.accounts)
+        locust_env = seed(env, folder, args.listings, args.accounts)
         serve_args = ["--workers", str(processes)] if processes > 1 else []
         if args.keep_alive is not None:
             serve_args += ["--keep-alive", str(args.keep_alive)]
@@ -641,7 +638,7 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
         )
         shed = shed_counts(server.base_url)
         print(f"  server garbage collections: {gc_pauses(server.base_url)}", flush=True)
-        activity = asyncio.run(log_activity(settings, (steady["started"], steady["ended"])))
+        activity = asyncio.run(log_activity(Target.of(env), (steady["started"], steady["ended"])))
     finally:
         if server is not None:
             server.process.terminate()

@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtests.bench_live import mint, rss_kib  # noqa: E402
+from loadtests.seeding import Target, create_admin, with_changelog  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
-from sync_server.cli import _with_changelog, ensure_admin  # noqa: E402
-from sync_server.settings import Settings  # noqa: E402
 from tests.support import services as real  # noqa: E402
 from tests.support.processes import start_server  # noqa: E402
 
@@ -168,11 +167,10 @@ def main() -> None:
     }
     try:
         upgrade(database_url)
-        settings = Settings.from_environ(env)
-        asyncio.run(ensure_admin(settings, "storm-admin@freshroots.test", "storm admin pw", "A"))
+        create_admin(env, "storm-admin@freshroots.test", "storm admin pw", "A")
         from storage.seed import seed_listings
 
-        asyncio.run(_with_changelog(settings, lambda log: seed_listings(log, args.listings)))
+        asyncio.run(with_changelog(Target.of(env), lambda log: seed_listings(log, args.listings)))
         # As a user runs it: the access log on (to a file, read by nobody, like production's).
         server_log = open(Path(tempfile.mkdtemp()) / "server.log", "wb")  # noqa: SIM115
         server = start_server(env, log=server_log, log_level=None)

@@ -98,36 +98,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _with_changelog(settings: Settings, work: Callable[[ChangeLog], Awaitable[T]]) -> T:
-    from storage.cache import MemoryCache
-    from storage.changelog import ChangeLog
-    from storage.db import Database
-    from storage.feed import CHANGES_CHANNEL, ChangeFeed
-    from storage.pubsub import MemoryPubSub
+    from storage.standalone import open_changelog
 
-    db = Database(settings.database_url, pool_size=2)
-    if settings.redis_url:
-        # Writes from the command line must still move the shared heads, or running servers
-        # would answer "nothing new" from their cache until the heads expire.
-        from redis.asyncio import Redis
-
-        from storage.cache import RedisCache
-        from storage.pubsub import RedisPubSub
-
-        redis = Redis.from_url(settings.redis_url)
-        feed = ChangeFeed(
-            RedisCache(redis, settings.redis_prefix),
-            RedisPubSub(redis, settings.redis_prefix, channels=(CHANGES_CHANNEL,)),
-            settings.head_cache_seconds,
-        )
-    else:
-        redis = None
-        feed = ChangeFeed(MemoryCache(), MemoryPubSub(), settings.head_cache_seconds)
-    try:
-        return await work(ChangeLog(db, feed))
-    finally:
-        if redis is not None:
-            await redis.aclose()
-        await db.dispose()
+    async with open_changelog(
+        settings.database_url,
+        settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        head_cache_seconds=settings.head_cache_seconds,
+    ) as changelog:
+        return await work(changelog)
 
 
 async def ensure_admin(settings: Settings, email: str, password: str, name: str) -> str:
