@@ -94,7 +94,7 @@ async def mark_notifications_read(
 async def register_device(tx: Tx, owner: Principal, args: RegisterDevice) -> dict[str, Any]:
     token = args.expo_push_token
     now = now_ms()
-    tx.forget("devices")  # this token may move between users: every device list may change
+    tx.forget("contacts")  # this token may move between users: every device list may change
     # One row per token, whoever registers it at the same moment: an upsert, not a check
     # then an insert that a second registration racing this one would break.
     # A second-hand phone: the token now belongs to whoever signed in on it last.

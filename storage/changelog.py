@@ -94,6 +94,10 @@ class Tx:
             value = self._lookups[(kind, key)] = await read()
             return value
 
+    def remember(self, kind: str, key: str, value: Any) -> None:
+        """What a read made for other lookups learned of (kind, key): no read of its own."""
+        self._lookups.setdefault((kind, key), value)
+
     def forget(self, kind: str) -> None:
         for remembered in [entry for entry in self._lookups if entry[0] == kind]:
             del self._lookups[remembered]

@@ -85,27 +85,26 @@ async def apply_mutation(tx: Tx, principal: Principal, mutation: Mutation) -> di
 
 
 async def _lock_client(tx: Tx, client_id: str, user_id: str) -> tuple[str, int]:
+    """The client's row, created if new, locked for the batch: one upsert that returns it.
+
+    A duplicate of a batch still being applied waits here for the original: on the new
+    client's row the original has not committed yet, or on the row lock it holds. The
+    no-op update is what takes the lock (as SELECT … FOR UPDATE would, one round trip
+    fewer) and what returns the row as the original left it."""
     now = now_ms()
-    query = select(SyncClient.user_id, SyncClient.last_mutation_id).where(
-        SyncClient.client_id == client_id
+    statement = insert_for(tx.dialect)(SyncClient).values(
+        client_id=client_id,
+        user_id=user_id,
+        last_mutation_id=0,
+        created_at=now,
+        updated_at=now,
     )
-    if tx.dialect == "postgresql":
-        query = query.with_for_update()
-    # A duplicate of a batch still being applied waits here for the original: on the new
-    # client's row the original has not committed yet, or on the row lock it holds.
+    statement = statement.on_conflict_do_update(
+        index_elements=["client_id"],
+        set_={"updated_at": SyncClient.__table__.c.updated_at},
+    ).returning(SyncClient.user_id, SyncClient.last_mutation_id)
     async with tx.patient():
-        await tx.conn.execute(
-            insert_for(tx.dialect)(SyncClient)
-            .values(
-                client_id=client_id,
-                user_id=user_id,
-                last_mutation_id=0,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["client_id"])
-        )
-        row = (await tx.conn.execute(query)).one()
+        row = (await tx.conn.execute(statement)).one()
     return row.user_id, int(row.last_mutation_id)
 
 
