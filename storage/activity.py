@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import literal, select, update
+from sqlalchemy import String, column, literal, select, update, values
 
 from protocol.errors import MutationRejected
 from protocol.mutations import ExpressInterest, MarkNotificationsRead, RegisterDevice
@@ -30,12 +30,50 @@ async def _replayed_interest(tx: Tx, buyer: Principal, args: ExpressInterest) ->
     raise MutationRejected("duplicate_id", "interest_id is already in use")
 
 
+async def insert_interests(tx: Tx, buyer: Principal, batch: list[ExpressInterest]) -> None:
+    """A push batch's interest expressions inserted up front, in one statement, as
+    `express_interest` inserts each (only for a published listing, only if the id is free);
+    `express_interest` then finds its row made. What did not go in is left to it (it tries
+    again and reads the reason), so the outcomes are the ones one at a time would give.
+    PostgreSQL only (a VALUES list as a table); a batch naming an id twice is left alone."""
+    ids = [interest.interest_id for interest in batch]
+    if tx.dialect != "postgresql" or len(batch) < 2 or len(set(ids)) != len(ids):
+        return
+    wanted = values(
+        column("id", String), column("listing_id", String), column("message", String), name="wanted"
+    ).data([(interest.interest_id, interest.listing_id, interest.message) for interest in batch])
+    published = (
+        select(
+            wanted.c.id,
+            literal(buyer.user_id, InterestExpression.user_id.type),
+            Listing.id,
+            wanted.c.message,
+            literal(now_ms(), InterestExpression.created_at.type),
+        )
+        .select_from(wanted)
+        .join(Listing, Listing.id == wanted.c.listing_id)
+        .where(Listing.status == "published", Listing.deleted_at.is_(None))
+    )
+    made = await tx.conn.execute(
+        insert_for(tx.dialect)(InterestExpression)
+        .from_select(["id", "user_id", "listing_id", "message", "created_at"], published)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(InterestExpression.id)
+    )
+    for interest_id in made.scalars():
+        tx.remember("interest_made", interest_id, True)
+
+
 async def express_interest(tx: Tx, buyer: Principal, args: ExpressInterest) -> dict[str, Any]:
     """One statement when it is new: the row is inserted only if the listing is published
     (INSERT ... SELECT) and only if the id is free (ON CONFLICT: a twin racing this one, a
     replay while the original is in flight, is waited for). The reasons for no row are read
     only then. Nothing is written before a rejection, so it needs no savepoint
-    (`storage.push.NO_SAVEPOINT`)."""
+    (`storage.push.NO_SAVEPOINT`). When its push inserted it already (`insert_interests`),
+    only recorded."""
+    if tx.recall("interest_made", args.interest_id):
+        tx.created("interest_expressions", args.interest_id, owned_scopes(buyer.user_id))
+        return {"interest_id": args.interest_id}
     published = select(
         literal(args.interest_id, InterestExpression.id.type),
         literal(buyer.user_id, InterestExpression.user_id.type),

@@ -94,6 +94,10 @@ class Tx:
             value = self._lookups[(kind, key)] = await read()
             return value
 
+    def recall(self, kind: str, key: str) -> Any:
+        """What this transaction remembered of (kind, key), or None."""
+        return self._lookups.get((kind, key))
+
     def remember(self, kind: str, key: str, value: Any) -> None:
         """What a read made for other lookups learned of (kind, key): no read of its own."""
         self._lookups.setdefault((kind, key), value)

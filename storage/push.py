@@ -27,7 +27,12 @@ from protocol.mutations import (
     RegisterDevice,
     parse,
 )
-from storage.activity import express_interest, mark_notifications_read, register_device
+from storage.activity import (
+    express_interest,
+    insert_interests,
+    mark_notifications_read,
+    register_device,
+)
 from storage.changelog import ChangeLog, Tx
 from storage.db import insert_for, now_ms
 from storage.models import MutationResult, SyncClient
@@ -141,6 +146,7 @@ async def push(
                 for listing_id in listings_named(mutation.args)
             },
         )
+        await insert_interests(tx, principal, interests_in(fresh))
         results: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
         high_water = last_id
@@ -177,6 +183,18 @@ async def push(
         return results
 
     return await changelog.run(work)
+
+
+def interests_in(mutations: list[Mutation]) -> list[ExpressInterest]:
+    """The valid interest expressions of a batch (an invalid one is refused in its turn)."""
+    found: list[ExpressInterest] = []
+    for mutation in mutations:
+        if mutation.name == "express_interest":
+            try:
+                found.append(parse(mutation.args, ExpressInterest))
+            except InvalidArgs:
+                continue
+    return found
 
 
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")

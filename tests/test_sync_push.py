@@ -339,3 +339,38 @@ def test_a_refused_purchase_leaves_nothing_behind(admin: Api, buyer: Api, server
     assert stock_of(admin, plenty["id"]) == 8 and stock_of(admin, scarce["id"]) == 1
     mine = {order["id"] for order in buyer.get("/api/orders").json()["items"]}
     assert short_order not in mine and taken_order not in mine and len(mine) == 1
+
+
+def test_a_batch_of_interests_gets_the_outcomes_one_at_a_time_would(
+    admin: Api, buyer: Api, server: str
+) -> None:
+    """On PostgreSQL a batch's interests are inserted in one statement up front
+    (`storage.activity.insert_interests`); each keeps its own outcome, in order."""
+    listing, draft = admin.create_listing(), admin.create_listing(status="draft")
+    theirs = new_id("int")
+    other = register(server, "other")
+    interest = {"name": "express_interest"}
+    assert other.push(
+        client_id(),
+        [{**interest, "id": 1, "args": {"interest_id": theirs, "listing_id": listing["id"]}}],
+    ).json()["results"][0]["ok"]
+    mine = [new_id("int") for _ in range(3)]
+    batch = [
+        {**interest, "id": 1, "args": {"interest_id": mine[0], "listing_id": listing["id"]}},
+        {**interest, "id": 2, "args": {"interest_id": mine[1], "listing_id": draft["id"]}},
+        purchase(3, listing["id"]),
+        {**interest, "id": 4, "args": {"interest_id": theirs, "listing_id": listing["id"]}},
+        {**interest, "id": 5, "args": {"interest_id": mine[2], "listing_id": listing["id"]}},
+        {**interest, "id": 6, "args": {"interest_id": "x", "listing_id": listing["id"]}},
+    ]
+    device = client_id()
+    results = buyer.push(device, batch).json()["results"]
+    codes = [r.get("error", {}).get("code") for r in results]
+    assert codes == [None, "listing_unavailable", None, "duplicate_id", None, "invalid_args"]
+    assert [
+        r["result"]["interest_id"] for r in results if r["ok"] and "interest_id" in r["result"]
+    ] == [mine[0], mine[2]]
+    assert buyer.push(device, batch).json()["results"] == results
+    # The same interests again from another device of the buyer: replays, not duplicates.
+    again = buyer.push(client_id(), [batch[0], batch[4]]).json()["results"]
+    assert [r["ok"] for r in again] == [True, True]
