@@ -29,7 +29,7 @@ from storage.migrate import pending_message
 from storage.outbox import stats as outbox_stats
 from storage.pull import log_head
 from sync_server.channels import build_channels
-from sync_server.errors import error_response
+from sync_server.errors import crash_response, error_response
 from sync_server.http import json_response
 from sync_server.live.hub import LiveHub
 from sync_server.metrics import GcPauses, Metrics
@@ -107,8 +107,7 @@ async def on_http_error(request: Request, error: Exception) -> Response:
 
 
 async def on_crash(request: Request, error: Exception) -> Response:
-    log.exception("unhandled error", extra={"path": request.url.path})
-    return error_response(FreshRootsError())
+    return crash_response(request.url.path)
 
 
 async def refresh_gauges(services: Services, metrics: Metrics, edge: EdgeAdmission) -> None:

@@ -70,6 +70,14 @@ LAG_TICKS_SUSTAINED = 3
 LAGGING_MIN_IN_FLIGHT = 8
 
 
+# No database text may hold NUL: a query parameter carrying one is refused at the edge.
+NUL_PARAMETER = BadRequest("Parameters must not contain NUL characters.", code="invalid_parameter")
+
+
+def has_nul_parameter(scope: Scope) -> bool:
+    return b"%00" in scope.get("query_string", b"")
+
+
 def is_low_priority(method: str, path: str) -> bool:
     return (method == "GET" or method == "HEAD") and (
         path in LOW_PRIORITY_PATHS or path.startswith(LOW_PRIORITY_PREFIX)
@@ -280,10 +288,8 @@ class BodyMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await error_response(PayloadTooLarge())(scope, receive, send)
             return
-        if b"%00" in scope.get("query_string", b""):  # no database text may hold NUL
-            await error_response(
-                BadRequest("Parameters must not contain NUL characters.", code="invalid_parameter")
-            )(scope, receive, send)
+        if has_nul_parameter(scope):
+            await error_response(NUL_PARAMETER)(scope, receive, send)
             return
         if encoding not in ("identity", "gzip"):
             await error_response(UnsupportedMediaType("Content-Encoding must be gzip."))(

@@ -11,7 +11,6 @@ log, metrics), the same handler, the same error envelopes."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from starlette.middleware import Middleware
@@ -20,12 +19,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from protocol.errors import BadRequest, FreshRootsError
-from sync_server.errors import error_response
-
-log = logging.getLogger("freshroots")
-
-NUL_IN_QUERY = BadRequest("Parameters must not contain NUL characters.", code="invalid_parameter")
+from protocol.errors import FreshRootsError
+from sync_server.errors import crash_response, error_response
+from sync_server.middleware import NUL_PARAMETER, has_nul_parameter
 
 
 class PullLane:
@@ -38,16 +34,15 @@ class PullLane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self.route  # the metric and access-log label, as the router sets it
         response: Response
-        if b"%00" in scope["query_string"]:  # no database text may hold NUL (BodyMiddleware)
-            response = error_response(NUL_IN_QUERY)
+        if has_nul_parameter(scope):  # what BodyMiddleware refuses for every other route
+            response = error_response(NUL_PARAMETER)
         else:
             try:
                 response = await self.handler(Request(scope, receive))
             except FreshRootsError as error:
                 response = error_response(error)
             except Exception:
-                log.exception("unhandled error", extra={"path": scope["path"]})
-                response = error_response(FreshRootsError())
+                response = crash_response(scope["path"])
         await response(scope, receive, send)
 
 
