@@ -2,8 +2,10 @@
 
 A cursor is either a position in the change log (`LogCursor`) or a place inside an initial
 snapshot (`SnapshotCursor`: the log head the snapshot started from, the table it is in, the
-last id sent). On the wire: base64url(version, kind, varints …, 8-byte HMAC) — about 16
-characters for a log cursor, because every pull carries one.
+last id sent). A catalogue snapshot's `position` (v1.1) is signed the same way but as a
+kind of its own and bound to no user: it is in a document every phone shares, and neither
+kind is accepted in place of the other. On the wire: base64url(version, kind, varints …,
+8-byte HMAC) — about 16 characters for a log cursor, because every pull carries one.
 
 The HMAC covers the payload and the user id, so a cursor edited by hand or taken from
 another account fails verification; the server answers those with a reset snapshot, and a
@@ -23,7 +25,9 @@ from protocol.errors import MalformedCursor
 
 VERSION = 1
 MAC_BYTES = 8
-_LOG, _SNAPSHOT = 1, 2
+_LOG, _SNAPSHOT, _POSITION = 1, 2, 3
+# What a catalogue position's MAC is bound to in place of a user id (no user id is empty).
+NO_USER = ""
 
 
 @dataclass(frozen=True)
@@ -104,17 +108,36 @@ class CursorCodec:
         token = payload + self._mac(payload, user_id)
         return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 
+    def encode_position(self, position: int) -> str:
+        """A catalogue snapshot's position: where in the change log its document stands."""
+        payload = bytes([VERSION, _POSITION]) + _varint(position)
+        token = payload + self._mac(payload, NO_USER)
+        return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+
+    def decode_position(self, token: str) -> int:
+        """Raises ForeignCursor for anything that is not a position we signed: the contract
+        answers every bad position alike (a reset snapshot), malformed or tampered."""
+        try:
+            raw = _unbase64(token)
+        except MalformedCursor:
+            raise ForeignCursor() from None
+        if len(raw) < 3 + MAC_BYTES or raw[0] != VERSION or raw[1] != _POSITION:
+            raise ForeignCursor()
+        payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        try:
+            position, end = _read_varint(payload, 2)
+        except MalformedCursor:
+            raise ForeignCursor() from None
+        if end != len(payload) or not hmac.compare_digest(mac, self._mac(payload, NO_USER)):
+            raise ForeignCursor()
+        return position
+
     def decode(self, token: str, user_id: str) -> CursorState:
         """Raises MalformedCursor (→ 400) or ForeignCursor (→ reset snapshot)."""
         return self._verified(token, user_id)
 
     def _verify(self, token: str, user_id: str) -> CursorState:
-        if not token or len(token) > 400:
-            raise MalformedCursor()
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise MalformedCursor() from None
+        raw = _unbase64(token)
         if len(raw) < 3 + MAC_BYTES or raw[0] != VERSION or raw[1] not in (_LOG, _SNAPSHOT):
             raise MalformedCursor()
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
@@ -137,3 +160,12 @@ class CursorCodec:
         if not hmac.compare_digest(mac, self._mac(payload, user_id)):
             raise ForeignCursor()
         return state
+
+
+def _unbase64(token: str) -> bytes:
+    if not token or len(token) > 400:
+        raise MalformedCursor()
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise MalformedCursor() from None

@@ -21,7 +21,7 @@ from protocol.cursor import CursorState, LogCursor, SnapshotCursor
 from storage.changelog import ENTERED, LEFT
 from storage.models import ChangeLogEntry, SyncMeta
 from storage.scopes import Principal
-from storage.synced import BY_NAME, SYNCED_TABLES
+from storage.synced import BY_NAME, LISTINGS, SYNCED_TABLES
 
 TableChanges = dict[str, list[Any]]
 
@@ -119,6 +119,15 @@ async def pull_page(
     return await _log_page(
         conn, principal, state.position, limit, head=bounds.head, full_rows=full_rows
     )
+
+
+def catalogue_start(position: int, *, with_listings: bool) -> SnapshotCursor:
+    """A first sync for a device that holds the catalogue snapshot (v1.1) at `position`: the
+    other tables now, then the log after `position` — the listing changes it lacks, and
+    anything else changed meanwhile again (harmless: put is an upsert). The snapshot pages
+    read rows as they are now, never older than `position`, so nothing is skipped."""
+    assert SYNCED_TABLES[0] is LISTINGS  # the catalogue is the first table of a snapshot
+    return SnapshotCursor(position, 0 if with_listings else 1, "")
 
 
 def add_change(changes: dict[str, TableChanges], table: str, kind: str, item: Any) -> None:

@@ -53,6 +53,7 @@ from sync_server.routes import (
     metrics,
     orders,
     payments,
+    snapshot,
     sync,
     watermelon,
     webhooks,
@@ -226,6 +227,7 @@ def create_app(settings: Settings) -> Starlette:
     # Sync first: the router tries routes in order and background sync is most of the traffic.
     api_routes = [
         *sync.routes,
+        *snapshot.routes,
         *watermelon.routes,
         *listings.routes,
         *orders.routes,

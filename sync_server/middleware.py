@@ -395,7 +395,8 @@ class CompressionMiddleware:
             # Small or streamed bodies (most pulls are empty) pass without parsing headers, and
             # so do bodies compressed already (shared pull pages are, once for every phone).
             eligible = (
-                not message.get("more_body", False)
+                start["status"] == 200  # never a 206: its bytes are a slice of a representation
+                and not message.get("more_body", False)
                 and len(body) >= MIN_COMPRESS_BYTES
                 and not any(name == b"content-encoding" for name, _ in start.get("headers", ()))
             )

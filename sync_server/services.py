@@ -32,6 +32,7 @@ from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
 from storage.tail import ChangeTail
 from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
+from sync_server.catalogue import CatalogueSnapshots
 from sync_server.pages import SharedPages
 from sync_server.ratelimit import RateLimiter
 from sync_server.security import AccessTokens, PasswordHasher
@@ -87,10 +88,19 @@ class Services:
     analytics: PostHogClient | None = None
     live: Live = field(init=False)  # the lifespan's hub, handed in once it is made
     pages: SharedPages = field(init=False)
+    catalogue: CatalogueSnapshots = field(init=False)
     redis: Redis | None = None
 
     def __post_init__(self) -> None:
         self.pages = SharedPages(self.settings.shared_pages_megabytes * 1024 * 1024)
+        self.catalogue = CatalogueSnapshots(
+            self.db,
+            self.feed,
+            self.cursors,
+            shared=self.cache if self.redis is not None else None,
+            refresh_seconds=self.settings.snapshot_refresh_seconds,
+            grace_seconds=self.settings.snapshot_grace_seconds,
+        )
 
     def track(self, distinct_id: str, event: str, **properties: Any) -> None:
         """Product analytics (PostHog), when configured; never blocks or fails a request."""

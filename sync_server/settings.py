@@ -118,6 +118,12 @@ class Settings:
     prune_interval_seconds: int = 600
     pull_default_limit: int = 200
     pull_max_limit: int = 1000
+    # The catalogue snapshot (v1.1): how long caches may keep it, how often the server looks
+    # for a newer catalogue (and at most rebuilds one, after a short burst), and how long a
+    # replaced version stays servable to a phone resuming it.
+    snapshot_max_age_seconds: int = 30
+    snapshot_refresh_seconds: float = 1.0
+    snapshot_grace_seconds: int = 600
     listings_cache_seconds: int = 600
     head_cache_seconds: int = 30
     log_level: str = "INFO"
@@ -226,6 +232,9 @@ class Settings:
             prune_interval_seconds=_int(env, "CHANGELOG_PRUNE_INTERVAL_SECONDS", 600, 1),
             pull_default_limit=_int(env, "PULL_DEFAULT_LIMIT", 200, 1),
             pull_max_limit=_int(env, "PULL_MAX_LIMIT", 1000, 1),
+            snapshot_max_age_seconds=_int(env, "SNAPSHOT_MAX_AGE_SECONDS", 30, 0),
+            snapshot_refresh_seconds=_float(env, "SNAPSHOT_REFRESH_SECONDS", 1.0),
+            snapshot_grace_seconds=_int(env, "SNAPSHOT_GRACE_SECONDS", 600, 0),
             listings_cache_seconds=_int(env, "LISTINGS_CACHE_SECONDS", 600, 0),
             head_cache_seconds=_int(env, "HEAD_CACHE_SECONDS", 30, 1),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),

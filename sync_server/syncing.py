@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from protocol.cursor import CursorState, ForeignCursor, LogCursor, SnapshotCursor
-from storage.pull import CursorExpired, PullPage, pull_page
+from storage.pull import CursorExpired, PullPage, catalogue_start, pull_page
 from storage.scopes import Principal
 from sync_server.pages import EncodedPage, SharedAnswer
 from sync_server.services import Services
@@ -22,6 +22,22 @@ def decode_cursor(
         return services.cursors.decode(token, principal.user_id), False
     except ForeignCursor:
         return None, True
+
+
+def start_from_catalogue(
+    services: Services, principal: Principal, token: str
+) -> tuple[CursorState | None, bool]:
+    """(state, reset) for `pull?snapshot=<position>`: a first sync of everything but the
+    catalogue, which the device holds as of `position`, then the log from there (later
+    listing changes as put/patch/del). Any position we did not sign: a reset snapshot.
+
+    An admin's listings include drafts, which the public document lacks: theirs come again,
+    all of them (a put for a row the device holds is allowed)."""
+    try:
+        position = services.cursors.decode_position(token)
+    except ForeignCursor:
+        return None, True
+    return catalogue_start(position, with_listings=principal.is_admin), False
 
 
 async def nothing_new(services: Services, principal: Principal, state: CursorState | None) -> bool:

@@ -7,10 +7,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.errors import BadRequest
 from storage.push import Mutation, check_batch, push
 from sync_server.http import authenticate, doc, json_response, query_int, read_json
 from sync_server.services import services_of
-from sync_server.syncing import decode_cursor, nothing_new, page_body, read_page
+from sync_server.syncing import (
+    decode_cursor,
+    nothing_new,
+    page_body,
+    read_page,
+    start_from_catalogue,
+)
 
 # Product analytics events (PostHog) for mutations that succeed.
 TRACKED = {"purchase_request": "purchase_initiated", "express_interest": "interest_expressed"}
@@ -22,10 +29,11 @@ class PushBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @doc(
-    "Pull changes since a cursor (no cursor: initial snapshot)",
+    "Pull changes since a cursor (no cursor: initial snapshot; snapshot=<position>: a "
+    "first sync for a device holding the catalogue snapshot)",
     auth="user",
     tag="sync",
-    query=("cursor", "limit"),
+    query=("cursor", "limit", "snapshot"),
 )
 async def pull(request: Request) -> Response:
     principal = await authenticate(request)
@@ -42,7 +50,17 @@ async def pull(request: Request) -> Response:
         or settings.pull_default_limit
     )
     token = request.query_params.get("cursor")
-    state, reset = decode_cursor(services, principal, token)
+    catalogue = request.query_params.get("snapshot")
+    if catalogue is not None:
+        if token:
+            raise BadRequest(
+                "Give either cursor or snapshot: a snapshot position starts a device, a "
+                "cursor continues one.",
+                code="invalid_parameter",
+            )
+        state, reset = start_from_catalogue(services, principal, catalogue)
+    else:
+        state, reset = decode_cursor(services, principal, token)
     if_none_match = request.headers.get("if-none-match")
     etag_of_request = f'"{token}"' if token else None
 

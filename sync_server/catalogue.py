@@ -1,0 +1,299 @@
+"""The catalogue snapshot (v1.1): one immutable document per catalogue version, encoded once.
+
+Every phone's first sync starts with the same public catalogue, so it is one document,
+built once per version and served to every device (as Electric serves a shape's initial
+data through a CDN). Each encoding of a version — identity, brotli at its highest quality,
+gzip -9 — is a fixed byte string with a strong ETag made from its bytes, compressed the
+first time a client asks for it (in a worker thread: quality 11 takes tens of
+milliseconds) and never again.
+
+A version is kept for `SNAPSHOT_GRACE_SECONDS` after a newer one replaced it, so a phone
+that lost its connection halfway resumes the version it started (a Range request with
+If-Range) and then pulls the difference from its position. With Redis, the encoded bytes
+are shared under the version's position: another instance serves the same bytes and tags,
+including a version it never built itself (a resume that lands elsewhere). Without Redis,
+the same document is rebuilt byte for byte from the database (`storage.catalogue`).
+
+How fresh: the catalogue is checked (one indexed read) when this process has heard of a
+public commit past what the current version covers, and at least every
+`SNAPSHOT_REFRESH_SECONDS`. A new version costs a read and a compression, so rebuilds are
+rate-limited (a small burst, then one per refresh interval): when every purchase moves a
+listing's stock, a phone may get a version a second old — as valid a start as any, since
+the pull from its position brings what changed since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import brotli
+import orjson
+
+from protocol.cursor import CursorCodec
+from storage.cache import Cache
+from storage.catalogue import Catalogue, catalogue_position, read_catalogue
+from storage.db import Database
+from storage.feed import ChangeFeed
+from storage.scopes import PUBLIC
+
+log = logging.getLogger("freshroots.catalogue")
+
+IDENTITY, GZIP, BROTLI = "identity", "gzip", "br"
+ENCODINGS = (BROTLI, GZIP, IDENTITY)
+_CODES = {BROTLI: "b", GZIP: "g", IDENTITY: "i"}
+_NAMES = {code: name for name, code in _CODES.items()}
+# Rebuilds allowed back to back before the rate limit applies (a quiet catalogue edited a
+# few times in a row gets each version at once).
+REBUILD_BURST = 4
+
+
+def negotiate(accept_encoding: str) -> str:
+    """The encoding for an Accept-Encoding value, as the rest of the server picks it."""
+    accepted = accept_encoding.lower()
+    return BROTLI if "br" in accepted else GZIP if "gzip" in accepted else IDENTITY
+
+
+def encode(body: bytes, encoding: str) -> bytes:
+    if encoding == BROTLI:
+        return bytes(brotli.compress(body, quality=11))
+    if encoding == GZIP:
+        return gzip.compress(body, compresslevel=9, mtime=0)
+    return body
+
+
+def document(catalogue: Catalogue, position_token: str) -> bytes:
+    return orjson.dumps({"position": position_token, "listings": catalogue.columns})
+
+
+@dataclass(frozen=True, slots=True)
+class Representation:
+    """One encoding of one version: the bytes every client gets, and their tag."""
+
+    position: int
+    encoding: str
+    body: bytes
+    etag: str  # quoted, strong
+
+    @classmethod
+    def of(cls, position: int, encoding: str, body: bytes) -> Representation:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()[:9]).decode()
+        return cls(position, encoding, body, f'"{position:x}{_CODES[encoding]}{digest}"')
+
+
+DIGEST_CHARS = 12  # 9 bytes of SHA-256, base64url
+
+
+def position_of_tag(etag: str) -> tuple[int, str] | None:
+    """(position, encoding) named by one of our tags, or None for anything else."""
+    quoted = etag.strip()
+    if not (len(quoted) >= DIGEST_CHARS + 4 and quoted[0] == quoted[-1] == '"'):
+        return None
+    inner = quoted[1:-1]
+    hex_position, code = inner[: -DIGEST_CHARS - 1], inner[-DIGEST_CHARS - 1]
+    if code not in _NAMES:
+        return None
+    try:
+        return int(hex_position, 16), _NAMES[code]
+    except ValueError:
+        return None
+
+
+@dataclass
+class Version:
+    position: int
+    identity: bytes
+    built_at: float
+    superseded_at: float | None = None
+    encoded: dict[str, Representation] = field(default_factory=dict)
+    building: dict[str, asyncio.Future[Representation]] = field(default_factory=dict)
+
+
+class CatalogueSnapshots:
+    def __init__(
+        self,
+        db: Database,
+        feed: ChangeFeed,
+        cursors: CursorCodec,
+        *,
+        shared: Cache | None,
+        refresh_seconds: float,
+        grace_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.feed = feed
+        self.cursors = cursors
+        self.shared = shared  # Redis: every instance's versions; None: this process only
+        self.refresh_seconds = refresh_seconds
+        self.grace_seconds = grace_seconds
+        self.clock = clock
+        self._current: Version | None = None
+        self._superseded: list[Version] = []
+        self._checked_at = float("-inf")
+        self._verified_through = -1  # the log head when the catalogue was last checked
+        self._lock = asyncio.Lock()
+        self._rebuild_tokens = float(REBUILD_BURST)
+        self._tokens_at = clock()
+        self.builds = 0  # versions read from the database (metrics)
+        self.compressions = 0
+
+    # -- the current version -------------------------------------------------------------
+
+    async def current(self, encoding: str) -> Representation:
+        if self._current is None or self._may_have_moved():
+            await self._refresh()
+        version = self._current
+        assert version is not None
+        return await self._encoded(version, encoding)
+
+    def _may_have_moved(self) -> bool:
+        if self.clock() - self._checked_at >= self.refresh_seconds:
+            return True
+        heard = self.feed.local.get(PUBLIC)
+        return heard is not None and heard > self._verified_through
+
+    def _checked(self, now: float, head: int) -> None:
+        self._checked_at = max(self._checked_at, now)
+        self._verified_through = max(self._verified_through, head)
+
+    async def _refresh(self) -> None:
+        """Check where the catalogue stands; build a new version when it moved (once, however
+        many first syncs ask at the same time)."""
+        now = self.clock()
+        async with self.db.read() as conn:
+            seen = await catalogue_position(conn)
+        current = self._current
+        if current is not None and seen.position <= current.position:
+            self._checked(now, seen.head)
+            return
+        async with self._lock:
+            current = self._current
+            if current is not None and current.position >= seen.position:
+                return  # built while this request waited
+            if current is not None and not self._may_rebuild(now):
+                # The current version stays a valid start; look again after the interval.
+                self._checked(now, seen.head)
+                return
+            async with self.db.read() as conn:
+                catalogue = await read_catalogue(conn)
+            self._install(catalogue, now)
+            self._checked(now, seen.head)
+
+    def _install(self, catalogue: Catalogue, now: float) -> None:
+        self.builds += 1
+        identity = document(catalogue, self.cursors.encode_position(catalogue.position))
+        version = Version(catalogue.position, identity, built_at=now)
+        version.encoded[IDENTITY] = Representation.of(version.position, IDENTITY, identity)
+        current = self._current
+        if current is not None:
+            current.superseded_at = now
+            self._superseded.append(current)
+        self._current = version
+        self._forget_expired(now)
+        log.info(
+            "catalogue snapshot at position %d: %d listings, %d bytes",
+            catalogue.position,
+            catalogue.size,
+            len(identity),
+        )
+
+    def _may_rebuild(self, now: float) -> bool:
+        """A token bucket: REBUILD_BURST at once, then one per refresh interval."""
+        rate = 1.0 / self.refresh_seconds if self.refresh_seconds > 0 else float("inf")
+        self._rebuild_tokens = min(
+            REBUILD_BURST, self._rebuild_tokens + (now - self._tokens_at) * rate
+        )
+        self._tokens_at = now
+        if self._rebuild_tokens < 1:
+            return False
+        self._rebuild_tokens -= 1
+        return True
+
+    def _forget_expired(self, now: float) -> None:
+        self._superseded = [
+            version
+            for version in self._superseded
+            if version.superseded_at is not None
+            and now - version.superseded_at < self.grace_seconds
+        ]
+
+    # -- encodings -----------------------------------------------------------------------
+
+    async def _encoded(self, version: Version, encoding: str) -> Representation:
+        ready = version.encoded.get(encoding)
+        if ready is not None:
+            return ready
+        pending = version.building.get(encoding)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Representation] = asyncio.get_running_loop().create_future()
+        version.building[encoding] = future
+        try:
+            representation = await self._fetch_or_compress(version, encoding)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            del version.building[encoding]
+        version.encoded[encoding] = representation
+        future.set_result(representation)
+        return representation
+
+    async def _fetch_or_compress(self, version: Version, encoding: str) -> Representation:
+        key = f"snapshot:{version.position:x}:{encoding}"
+        if self.shared is not None:
+            try:
+                body = await self.shared.get(key)
+            except Exception:
+                body = None  # Redis away: build it here; the bytes are the same
+            if body is not None:
+                return Representation.of(version.position, encoding, body)
+        body = await asyncio.to_thread(encode, version.identity, encoding)
+        self.compressions += 1
+        if self.shared is not None:
+            try:
+                await self.shared.set(key, body, self._shared_ttl)
+            except Exception:
+                log.warning("could not share the catalogue snapshot's %s bytes", encoding)
+        return Representation.of(version.position, encoding, body)
+
+    @property
+    def _shared_ttl(self) -> int:
+        # A version may be current for a long while, then kept for the grace period: the
+        # key is set again whenever an instance builds it, and read back when missing.
+        return int(max(self.grace_seconds, self.refresh_seconds) + 3600)
+
+    # -- a version named by a tag (If-Range) ------------------------------------------------
+
+    async def by_tag(self, etag: str) -> Representation | None:
+        """The representation an If-Range tag names while its version is still servable: the
+        current one, one superseded less than the grace period ago, or (with Redis) one that
+        another instance built. None: not ours, or no longer kept."""
+        named = position_of_tag(etag)
+        if named is None:
+            return None
+        position, encoding = named
+        now = self.clock()
+        self._forget_expired(now)
+        for version in (self._current, *self._superseded):
+            if version is not None and version.position == position:
+                representation = await self._encoded(version, encoding)
+                return representation if representation.etag == etag.strip() else None
+        if self.shared is None or self.grace_seconds <= 0:
+            return None
+        try:
+            body = await self.shared.get(f"snapshot:{position:x}:{encoding}")
+        except Exception:
+            return None
+        if body is None:
+            return None
+        representation = Representation.of(position, encoding, body)
+        return representation if representation.etag == etag.strip() else None
