@@ -99,15 +99,21 @@ async def pull_page(
     limit: int,
     *,
     full_rows: bool = False,
+    max_bytes: int | None = None,
+    tables: int | None = None,
 ) -> PullPage:
     """One page. `full_rows`: changed rows come whole in `patch` (for WatermelonDB, which
-    replaces local records instead of merging fields).
+    replaces local records instead of merging fields). For a snapshot page, `max_bytes`
+    bounds its rows' JSON as well as `limit` their number (a first sync of small rows comes
+    in fewer, larger pages, which compress better), and `tables` stops it at that many of
+    `SYNCED_TABLES` (the catalogue alone: `tables=1`, then the cursor points at the next).
 
     Reads run in one REPEATABLE READ snapshot, so the bounds read first hold for every later
     statement of the page."""
     bounds = await log_bounds(conn)
+    budget = PageBudget(limit, max_bytes, len(SYNCED_TABLES) if tables is None else tables)
     if state is None:
-        return await _snapshot_page(conn, principal, SnapshotCursor(bounds.head, 0, ""), limit)
+        return await _snapshot_page(conn, principal, SnapshotCursor(bounds.head, 0, ""), budget)
     # Below the floor: changes were pruned. Above the head: the log is not the one the cursor
     # came from (a database restored from a backup); waiting for the head to pass it would
     # silently skip everything committed until then.
@@ -115,7 +121,7 @@ async def pull_page(
     if not bounds.floor <= position <= bounds.head:
         raise CursorExpired()
     if isinstance(state, SnapshotCursor):
-        return await _snapshot_page(conn, principal, state, limit)
+        return await _snapshot_page(conn, principal, state, budget)
     return await _log_page(
         conn, principal, state.position, limit, head=bounds.head, full_rows=full_rows
     )
@@ -134,13 +140,24 @@ def add_change(changes: dict[str, TableChanges], table: str, kind: str, item: An
     changes.setdefault(table, {}).setdefault(kind, []).append(item)
 
 
+@dataclass(frozen=True)
+class PageBudget:
+    """How much a snapshot page may hold: rows, bytes of their JSON (None: any), tables."""
+
+    rows: int
+    max_bytes: int | None = None
+    tables: int = len(SYNCED_TABLES)
+
+
 async def _snapshot_page(
-    conn: AsyncConnection, principal: Principal, state: SnapshotCursor, limit: int
+    conn: AsyncConnection, principal: Principal, state: SnapshotCursor, budget: PageBudget
 ) -> PullPage:
     changes: dict[str, TableChanges] = {}
-    remaining = limit
+    remaining = budget.rows
+    room = budget.max_bytes
     table_index, last_id = state.table_index, state.last_id
-    while table_index < len(SYNCED_TABLES) and remaining > 0:
+    last_table = min(budget.tables, len(SYNCED_TABLES))
+    while table_index < last_table and remaining > 0:
         table = SYNCED_TABLES[table_index]
         id_column = table.id_column
         query = (
@@ -150,17 +167,32 @@ async def _snapshot_page(
             .limit(remaining)
         )
         rows = (await conn.execute(query)).mappings().all()
+        taken = 0
         for row in rows:
-            add_change(changes, table.name, "put", table.encode(row))
-        remaining -= len(rows)
-        if remaining == 0 and rows:
-            next_state = SnapshotCursor(state.head, table_index, rows[-1]["id"])
-            return PullPage(changes, next_state, more=True, rows=limit)
+            encoded = table.encode(row)
+            if room is not None:
+                size = len(orjson.dumps(encoded)) + 1
+                if size > room and budget.rows - remaining + taken > 0:
+                    room = 0  # full: this row opens the next page
+                    break
+                room -= size
+            add_change(changes, table.name, "put", encoded)
+            taken += 1
+        remaining -= taken
+        if taken < len(rows) or (remaining == 0 and rows):
+            resume_after = rows[taken - 1]["id"] if taken else last_id
+            next_state = SnapshotCursor(state.head, table_index, resume_after)
+            return PullPage(changes, next_state, more=True, rows=budget.rows - remaining)
         table_index, last_id = table_index + 1, ""
+    if table_index < len(SYNCED_TABLES):
+        # Stopped at `budget.tables` (or the page is full just as a table ended): the next
+        # page starts at the next table.
+        next_state = SnapshotCursor(state.head, table_index, "")
+        return PullPage(changes, next_state, more=True, rows=budget.rows - remaining)
     # Snapshot done: continue from the log head it started at. Anything committed since then
     # is replayed from the log on the next page, so more=True only if such changes exist.
     later = await _log_page(conn, principal, state.head, 1, head=state.head, probe_only=True)
-    return PullPage(changes, LogCursor(state.head), more=later.more, rows=limit - remaining)
+    return PullPage(changes, LogCursor(state.head), more=later.more, rows=budget.rows - remaining)
 
 
 async def _log_page(

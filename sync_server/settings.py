@@ -118,6 +118,9 @@ class Settings:
     prune_interval_seconds: int = 600
     pull_default_limit: int = 200
     pull_max_limit: int = 1000
+    # A first sync's pages are sized in bytes (of their rows' JSON) as well as rows: with no
+    # `limit` from the client, up to PULL_MAX_LIMIT rows and this many bytes a page.
+    pull_page_bytes: int = 256 * 1024
     # The catalogue snapshot (v1.1): how long caches may keep it, how often the server looks
     # for a newer catalogue (and at most rebuilds one, after a short burst), and how long a
     # replaced version stays servable to a phone resuming it.
@@ -232,6 +235,7 @@ class Settings:
             prune_interval_seconds=_int(env, "CHANGELOG_PRUNE_INTERVAL_SECONDS", 600, 1),
             pull_default_limit=_int(env, "PULL_DEFAULT_LIMIT", 200, 1),
             pull_max_limit=_int(env, "PULL_MAX_LIMIT", 1000, 1),
+            pull_page_bytes=_int(env, "PULL_PAGE_BYTES", 256 * 1024, 4096),
             snapshot_max_age_seconds=_int(env, "SNAPSHOT_MAX_AGE_SECONDS", 30, 0),
             snapshot_refresh_seconds=_float(env, "SNAPSHOT_REFRESH_SECONDS", 1.0),
             snapshot_grace_seconds=_int(env, "SNAPSHOT_GRACE_SECONDS", 600, 0),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
 from protocol.cursor import CursorState, ForeignCursor, LogCursor, SnapshotCursor
-from storage.pull import CursorExpired, PullPage, catalogue_start, pull_page
+from storage.pull import CursorExpired, PullPage, TableChanges, catalogue_start, pull_page
 from storage.scopes import Principal
 from sync_server.pages import EncodedPage, SharedAnswer
 from sync_server.services import Services
@@ -170,83 +171,130 @@ def nothing_after(services: Services, principal: Principal, position: int) -> No
         services.feed.local.raise_to(scope, position)
 
 
+# A user's own rows up to this much JSON share a first-sync page with the catalogue (a new
+# phone has none, a returning one a few orders); more come on the next page.
+OWN_ROWS_INLINE_BYTES = 1024
+
+
 async def shared_snapshot_page(
     services: Services, principal: Principal, state: SnapshotCursor | None, limit: int
 ) -> SharedAnswer | None:
-    """A first-sync page that holds only catalogue rows is the same for every phone starting
-    from the same position: read from the database once, shared (and a page of a user's own
-    rows, by that user's devices). Phones starting a snapshot
-    within a few seconds start it at one position (`LiveHub.snapshot_origin`: any committed
-    position is a valid start, the log replays what came after it)."""
+    """A first-sync page: its catalogue part is the same for every phone starting from the
+    same position — read from the database once, encoded and compressed once at the best
+    quality (in a worker thread), shared; where the catalogue ends within the page, the
+    user's own rows fill the rest of it (shared by that user's devices while those rows stay
+    as they were). Phones starting a snapshot within a few seconds start it at one position
+    (`LiveHub.snapshot_origin`: any committed position is a valid start, the log replays what
+    came after it).
+
+    Pages are sized in bytes as well as rows (`PULL_PAGE_BYTES`): with no `limit` from the
+    client, a catalogue of a few hundred listings is one page, one compressed stream."""
     if state is None:
         origin = services.live.snapshot_origin()
         if origin is None:
             return None
         state = SnapshotCursor(origin, 0, "")
-    where = (state.head, state.table_index, state.last_id, limit)
-    # Catalogue pages are everyone's; the pages of a user's own rows are shared by that
-    # user's devices (a household's phones, or one phone's reinstall, starting together)
-    # while the user's own rows stay as they were: keyed by their newest position, so a
-    # first sync after the user's own write reads it (never a page built before it).
+    max_bytes = services.settings.pull_page_bytes
+    try:
+        if state.table_index > 0:
+            own = await own_rows_page(services, principal, state, limit, max_bytes)
+            return SharedAnswer(own, {}, own.page.more, own.page.next_state)
+        catalogue = await catalogue_page(services, principal, state, limit, max_bytes)
+        page = catalogue.page
+        following = page.next_state
+        room = (limit - page.rows, max_bytes - catalogue.json_bytes)
+        if (
+            not isinstance(following, SnapshotCursor)
+            or following.table_index == 0  # more of the catalogue follows
+            or min(room) <= 0
+        ):
+            return SharedAnswer(catalogue, {}, page.more, following)
+        # The catalogue ended within this page: the user's own rows fill the rest of it.
+        own = await own_rows_page(services, principal, following, *room)
+    except CursorExpired:
+        return None
+    if own.json_bytes > OWN_ROWS_INLINE_BYTES:
+        # They would follow the shared bytes uncompressed (see sync_server.pages): a page of
+        # their own, compressed on its own, costs the phone less.
+        return SharedAnswer(catalogue, {}, True, following)
+    return SharedAnswer(catalogue, own.page.changes, own.page.more, own.page.next_state)
+
+
+async def catalogue_page(
+    services: Services, principal: Principal, state: SnapshotCursor, limit: int, max_bytes: int
+) -> EncodedPage:
+    """The catalogue part of a first-sync page from `state`, built once for every phone of the
+    principal's shared scope (public, or admin: drafts included), compressed ahead at the best
+    quality, its listings in catalogue order (put is an upsert: the order within a page is
+    free, and neighbours alike compress better)."""
+    key = ("catalogue", principal.scopes[0], state.head, state.last_id, limit, max_bytes)
+
+    async def build() -> tuple[EncodedPage, bool]:
+        async with services.db.read() as conn:
+            page = await pull_page(conn, principal, state, limit, max_bytes=max_bytes, tables=1)
+        in_catalogue_order(page.changes)
+        encoded = EncodedPage(page, best=True)
+        await asyncio.to_thread(encoded.compress_ahead)
+        return encoded, True
+
+    return await services.pages.shared(key, build)
+
+
+async def own_rows_page(
+    services: Services, principal: Principal, state: SnapshotCursor, limit: int, max_bytes: int
+) -> EncodedPage:
+    """A first-sync page of the user's own rows from `state`, shared by that user's devices
+    (a household's phones, or one phone's reinstall, starting together) while the user's own
+    rows stay as they were: keyed by their newest position, so a first sync after the user's
+    own write reads it (never a page built before it)."""
     tail = services.live.tail
     await wait_for_tail(services, principal)  # the user's writes this process knows of
     own_heads = tuple(tail.scope_head(scope) for scope in principal.scopes[1:])
-    everyone = ("snapshot", principal.scopes[0], *where)
-    mine = ("snapshot", principal.scopes, own_heads, *where) if None not in own_heads else None
-    start = state
+    where = (state.head, state.table_index, state.last_id, limit, max_bytes)
 
-    async def read() -> EncodedPage:
+    async def build() -> tuple[EncodedPage, bool]:
         async with services.db.read() as conn:
-            return EncodedPage(await pull_page(conn, principal, start, limit))
+            page = await pull_page(conn, principal, state, limit, max_bytes=max_bytes)
+        return EncodedPage(page), True
 
-    async def build_for_everyone() -> tuple[EncodedPage, bool]:
-        cached = services.pages.get(mine) if mine is not None else None
-        if cached is not None:
-            return cached, False
-        encoded = await read()
-        following = encoded.page.next_state
-        if (
-            encoded.page.more
-            and isinstance(following, SnapshotCursor)
-            and following.table_index == 0
-        ):
-            return encoded, True
-        # Where the catalogue ends and the user's own rows begin: this user's page.
-        if mine is not None:
-            services.pages.put(mine, encoded)
-        return encoded, False
+    if None in own_heads:
+        encoded, _shared = await build()
+        return encoded
+    return await services.pages.shared(("own", principal.scopes, own_heads, *where), build)
 
-    async def build_for_me() -> tuple[EncodedPage, bool]:
-        return await read(), True
 
-    try:
-        if state.table_index == 0:
-            encoded = await services.pages.shared(everyone, build_for_everyone)
-        elif mine is not None:
-            encoded = await services.pages.shared(mine, build_for_me)
-        else:
-            encoded = await read()
-    except CursorExpired:
-        return None
-    return SharedAnswer(encoded, {}, encoded.page.more, encoded.page.next_state)
+def in_catalogue_order(changes: dict[str, TableChanges]) -> None:
+    listings = changes.get("listings", {}).get("put")
+    if listings:
+        listings.sort(key=lambda row: (row["category"], row["title"], row["id"]))
 
 
 async def shared_page_at(
-    services: Services, principal: Principal, state: CursorState | None, limit: int
+    services: Services,
+    principal: Principal,
+    state: CursorState | None,
+    limit: int,
+    first_sync_limit: int | None = None,
 ) -> SharedAnswer | None:
     """The shared page for any cursor state (log or snapshot), or None."""
     if isinstance(state, LogCursor):
         return await log_page(services, principal, state.position, limit)
-    return await shared_snapshot_page(services, principal, state, limit)
+    return await shared_snapshot_page(services, principal, state, first_sync_limit or limit)
 
 
 async def read_page(
-    services: Services, principal: Principal, state: CursorState | None, reset: bool, limit: int
+    services: Services,
+    principal: Principal,
+    state: CursorState | None,
+    reset: bool,
+    limit: int,
+    first_sync_limit: int | None = None,
 ) -> tuple[PullPage, SharedAnswer | None]:
     """The next page from `state`, and its shared encoding when other phones get the same
     one (then only the cursor is this phone's). From the shared pages, the tail, or the
-    database, in that order."""
-    shared = await shared_page_at(services, principal, state, limit)
+    database, in that order. `first_sync_limit`: rows per page of a first sync (snapshot
+    pages), when it differs from `limit` (sized in bytes when the client gave no limit)."""
+    shared = await shared_page_at(services, principal, state, limit, first_sync_limit)
     if shared is not None:
         if not reset:
             return shared.page, shared
@@ -254,11 +302,15 @@ async def read_page(
         # the cached page is shared, never changed in place.
         return replace(shared.page, reset=True), None
     # Not from the tail (`log_page` answers every cursor it covers): from the database.
+    snapshot_rows, max_bytes = first_sync_limit or limit, services.settings.pull_page_bytes
     async with services.db.read() as conn:
         try:
-            page = await pull_page(conn, principal, state, limit)
+            if isinstance(state, LogCursor):
+                page = await pull_page(conn, principal, state, limit)
+            else:
+                page = await pull_page(conn, principal, state, snapshot_rows, max_bytes=max_bytes)
         except CursorExpired:
-            page = await pull_page(conn, principal, None, limit)
+            page = await pull_page(conn, principal, None, snapshot_rows, max_bytes=max_bytes)
             reset = True
     page.reset = reset
     if not page.more and isinstance(page.next_state, LogCursor):

@@ -39,16 +39,10 @@ async def pull(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
     settings = services.settings
-    limit = (
-        query_int(
-            request,
-            "limit",
-            settings.pull_default_limit,
-            minimum=1,
-            maximum=settings.pull_max_limit,
-        )
-        or settings.pull_default_limit
-    )
+    asked = query_int(request, "limit", None, minimum=1, maximum=settings.pull_max_limit)
+    limit = asked or settings.pull_default_limit
+    # A first sync with no limit asked for: pages as large as PULL_PAGE_BYTES allows.
+    first_sync_limit = asked or settings.pull_max_limit
     token = request.query_params.get("cursor")
     catalogue = request.query_params.get("snapshot")
     if catalogue is not None:
@@ -72,7 +66,7 @@ async def pull(request: Request) -> Response:
             headers={"etag": etag_of_request or ""},
         )
 
-    page, shared = await read_page(services, principal, state, reset, limit)
+    page, shared = await read_page(services, principal, state, reset, limit, first_sync_limit)
     if shared is not None and page.changes:
         cursor = services.cursors.encode(shared.next_state, principal.user_id)
         content, encoding = shared.body(cursor, request.headers.get("accept-encoding", ""))
