@@ -3,14 +3,19 @@
     python loadtests/bench_sync.py [--backend services|embedded|both] [--duration 10]
 
 Prints, for each backend:
-- bytes of an initial sync of 300 realistic listings (gzip and br) vs a conventional REST
-  JSON of the same rows (camelCase, ISO timestamps, full Cloudinary URLs, nested image
-  objects), gzip at the same level;
+- bytes on the wire (status line, headers and body) of a first sync of 300 realistic
+  listings: the plain first pull (no cursor, no limit: every page until `more` is false) and
+  the v1.1 catalogue snapshot, each in br and gzip, against the information floor (the bare
+  values, row by row, brotli at quality 11) and a conventional REST JSON of the same rows
+  (camelCase, ISO timestamps, full Cloudinary URLs, nested image objects);
+- the snapshot resumed after a cut at 40 % (only the rest is re-sent), and a cached
+  snapshot fetch against /healthz, one request at a time;
 - bytes of the pull that carries one stock change, and of a pull with nothing new;
 - login latency (bcrypt at the production cost) and listing search / filter latency, one
   request at a time;
-- requests/s (wrk) of an empty pull, a 50-change pull and a 5-mutation push, each as a ratio
-  to a bare Starlette JSON endpoint served by the same uvicorn in the same run.
+- requests/s (wrk) of an empty pull, a 50-change pull, the catalogue snapshot and a
+  5-mutation push, each as a ratio to a bare Starlette JSON endpoint served by the same
+  uvicorn in the same run.
 
 Needs `wrk` (Debian package `wrk`). Traffic goes to 127.0.0.1 only; every run is bounded.
 """
@@ -164,15 +169,6 @@ def pull(client: httpx.Client, token: str, **params: Any) -> httpx.Response:
     )
 
 
-def raw_size(client: httpx.Client, token: str, encoding: str, **params: Any) -> int:
-    response = client.get(
-        "/api/sync/pull",
-        params=params,
-        headers={"authorization": f"Bearer {token}", "accept-encoding": encoding},
-    )
-    return int(response.headers.get("content-length", len(response.content)))
-
-
 SEARCHES = [
     "pomme d'amour",
     "brede",
@@ -185,6 +181,120 @@ SEARCHES = [
     "ananas",
     "thym",
 ]
+
+
+LISTING_WIRE = (
+    "id",
+    "title",
+    "description",
+    "price",
+    "unit",
+    "stock",
+    "category",
+    "images",
+    "status",
+    "updated_at",
+)
+
+
+def information_floor(rows: list[dict[str, Any]]) -> int:
+    """The bare values of the listings, row by row in id order, brotli at its best: what a
+    first sync cannot go below without knowing the data."""
+    values = [[row[field] for field in LISTING_WIRE] for row in sorted(rows, key=lambda r: r["id"])]
+    return len(brotli.compress(orjson.dumps(values), quality=11))
+
+
+def on_the_wire(response: httpx.Response, body: bytes) -> int:
+    """Status line, header lines and body as HTTP/1.1 sends them."""
+    status_line = len(f"HTTP/1.1 {response.status_code} {response.reason_phrase}\r\n")
+    headers = sum(len(name) + len(value) + 4 for name, value in response.headers.raw)
+    return status_line + headers + 2 + len(body)
+
+
+def raw_get(
+    client: httpx.Client, path: str, headers: dict[str, str], **params: Any
+) -> tuple[httpx.Response, bytes]:
+    """A response and its body exactly as sent (a range of a br body does not decode)."""
+    with client.stream("GET", path, params=params, headers=headers) as response:
+        return response, b"".join(response.iter_raw())
+
+
+def decode_body(response: httpx.Response, body: bytes) -> Any:
+    encoding = response.headers.get("content-encoding")
+    if encoding == "br":
+        body = brotli.decompress(body)
+    elif encoding == "gzip":
+        body = gzip.decompress(body)
+    return orjson.loads(body)
+
+
+def first_pull(client: httpx.Client, token: str, encoding: str) -> tuple[int, int]:
+    """A plain first pull as an app makes it (no limit: the server sizes the pages):
+    (bytes on the wire, pages)."""
+    total, pages, cursor = 0, 0, None
+    headers = {"authorization": f"Bearer {token}", "accept-encoding": encoding}
+    while True:
+        params: dict[str, str] = {"cursor": cursor} if cursor else {}
+        response, body = raw_get(client, "/api/sync/pull", headers, **params)
+        response.raise_for_status()
+        total, pages = total + on_the_wire(response, body), pages + 1
+        page = decode_body(response, body)
+        cursor = page["cursor"]
+        if not page["more"]:
+            return total, pages
+
+
+def median_ms(client: httpx.Client, path: str, headers: dict[str, str], count: int = 300) -> float:
+    for _ in range(20):  # warm: connection, caches
+        client.get(path, headers=headers)
+    return statistics.median(
+        timed(partial(client.get, path, headers=headers)) for _ in range(count)
+    )
+
+
+def print_first_sync(
+    name: str, client: httpx.Client, buyer: str, rows: list[dict[str, Any]]
+) -> None:
+    floor = information_floor(rows)
+    rest = rest_baseline(rows)
+    rest_gzip = len(gzip.compress(rest, compresslevel=6, mtime=0))
+    rest_br = len(brotli.compress(rest, quality=5))
+    print(f"\n== {name}: a first sync of {len(rows)} listings, bytes on the wire ==")
+    print(
+        f"  information floor (bare values, brotli 11): {floor:,} B; REST baseline "
+        f"{rest_gzip:,} B gzip / {rest_br:,} B br ({len(rest):,} B plain)"
+    )
+    for encoding, rest_bytes in (("br", rest_br), ("gzip", rest_gzip)):
+        total, pages = first_pull(client, buyer, encoding)
+        print(
+            f"  plain first pull, {encoding}: {total:,} B in {pages} page(s) = "
+            f"{total / floor:.2f}x floor, {total / rest_bytes:.2f}x REST {encoding}"
+        )
+    for encoding in ("br", "gzip"):
+        response, body = raw_get(client, "/api/sync/snapshot", {"accept-encoding": encoding})
+        response.raise_for_status()
+        wire = on_the_wire(response, body)
+        print(
+            f"  snapshot, {encoding}: {wire:,} B ({len(body):,} B body) = "
+            f"{wire / floor:.2f}x floor ({len(body) / floor:.2f}x body only)"
+        )
+    whole_response, whole = raw_get(client, "/api/sync/snapshot", {"accept-encoding": "br"})
+    cut = len(whole) * 2 // 5
+    tag = whole_response.headers["etag"]
+    resume = {"accept-encoding": "br", "range": f"bytes={cut}-", "if-range": tag}
+    resumed, rest_body = raw_get(client, "/api/sync/snapshot", resume)
+    intact = whole[:cut] + rest_body == whole
+    print(
+        f"  snapshot cut at 40 % ({cut:,} B received), resumed: {resumed.status_code}, "
+        f"{len(rest_body):,} B re-sent ({on_the_wire(resumed, rest_body):,} B on the wire), "
+        f"byte-for-byte {'intact' if intact else 'BROKEN'}"
+    )
+    healthz = median_ms(client, "/healthz", {})
+    cached = median_ms(client, "/api/sync/snapshot", {"accept-encoding": "br"})
+    print(
+        f"  cached snapshot fetch: median {cached:.2f} ms vs /healthz {healthz:.2f} ms "
+        f"({cached / healthz:.1f}x), one request at a time"
+    )
 
 
 def timed(call: Callable[[], httpx.Response]) -> float:
@@ -306,13 +416,8 @@ def run_backend(
 
         initial = pull(client, buyer, limit=1000).json()
         rows = initial["changes"]["listings"]["put"]
-        ours_gzip = raw_size(client, buyer, "gzip", limit=1000)
-        ours_br = raw_size(client, buyer, "br", limit=1000)
-        ours_plain = len(pull(client, buyer, limit=1000).content)
-        rest = rest_baseline(rows)
-        rest_gzip = len(gzip.compress(rest, compresslevel=6, mtime=0))
-        rest_br = len(brotli.compress(rest, quality=5))
         cursor = initial["cursor"]
+        print_first_sync(name, client, buyer, rows)
 
         # One stock change, as another buyer's phone sees it (a purchase moves public stock).
         watch_cursor = pull(client, watcher, limit=1000).json()["cursor"]
@@ -358,15 +463,7 @@ def run_backend(
             headers={"authorization": f"Bearer {watcher}", "if-none-match": f'"{watch_cursor}"'},
         )
 
-        print(f"\n== {name}: bytes on the wire ==")
-        print(
-            f"  initial sync, 300 listings: ours {ours_gzip:,} B gzip / {ours_br:,} B br "
-            f"({ours_plain:,} B plain); REST baseline {rest_gzip:,} B gzip / {rest_br:,} B br "
-            f"({len(rest):,} B plain)"
-        )
-        print(
-            f"    ratio ours/REST: gzip {ours_gzip / rest_gzip:.2f}x, br {ours_br / rest_br:.2f}x"
-        )
+        print(f"\n== {name}: bytes on the wire of a change ==")
         print(
             f"  one stock change (a purchase, seen by another buyer): "
             f"{len(stock_change.content)} B body: {stock_change.content.decode()}"
@@ -457,6 +554,11 @@ def run_backend(
                 f"{changed}-change pull, gzip",
                 f"{server.base_url}/api/sync/pull?cursor={fifty_cursor}&limit=100",
                 {"Authorization": f"Bearer {watcher}", "Accept-Encoding": "gzip"},
+            ),
+            (
+                "catalogue snapshot, br (no cache in front)",
+                f"{server.base_url}/api/sync/snapshot",
+                {"Accept-Encoding": "br"},
             ),
         ):
             recording = profiler.start(label) if profiler else None

@@ -126,6 +126,8 @@ async def refresh_gauges(services: Services, metrics: Metrics, edge: EdgeAdmissi
     metrics.db_pool_in_use.set(checked_out() if callable(checked_out) else 0)
     metrics.live_sessions.set(len(services.live.sessions))
     metrics.live_overflows.set(services.live.overflows)
+    metrics.snapshot_work.labels("built").set(services.catalogue.builds)
+    metrics.snapshot_work.labels("compressed").set(services.catalogue.compressions)
     async with services.db.read() as conn:
         metrics.changelog_head.set(await log_head(conn))
 

@@ -138,7 +138,7 @@ class CatalogueSnapshots:
         self._superseded: list[Version] = []
         self._checked_at = float("-inf")
         self._verified_through = -1  # the log head when the catalogue was last checked
-        self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Future[None] | None = None
         self._rebuild_tokens = float(REBUILD_BURST)
         self._tokens_at = clock()
         self.builds = 0  # versions read from the database (metrics)
@@ -148,10 +148,30 @@ class CatalogueSnapshots:
 
     async def current(self, encoding: str) -> Representation:
         if self._current is None or self._may_have_moved():
-            await self._refresh()
+            await self._refresh_once()
         version = self._current
         assert version is not None
         return await self._encoded(version, encoding)
+
+    async def _refresh_once(self) -> None:
+        """One check at a time, whatever the number of first syncs asking: a herd shares it
+        (a check per request would queue the herd for database connections). While the
+        database is away, the version held is served: it is still a valid start."""
+        task = self._refreshing
+        if task is None:
+            task = self._refreshing = asyncio.ensure_future(self._refresh())
+            task.add_done_callback(self._refreshed)
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            if self._current is None:
+                raise
+            log.warning("could not check the catalogue; serving the version held", exc_info=True)
+
+    def _refreshed(self, task: asyncio.Future[None]) -> None:
+        self._refreshing = None
+        if not task.cancelled() and task.exception() is not None and self._current is not None:
+            self._checked_at = self.clock()  # look again after the interval, not per request
 
     def _may_have_moved(self) -> bool:
         if self.clock() - self._checked_at >= self.refresh_seconds:
@@ -164,8 +184,8 @@ class CatalogueSnapshots:
         self._verified_through = max(self._verified_through, head)
 
     async def _refresh(self) -> None:
-        """Check where the catalogue stands; build a new version when it moved (once, however
-        many first syncs ask at the same time)."""
+        """Check where the catalogue stands; build a new version when it moved. Runs once at
+        a time (`_refresh_once`)."""
         now = self.clock()
         async with self.db.read() as conn:
             seen = await catalogue_position(conn)
@@ -173,18 +193,14 @@ class CatalogueSnapshots:
         if current is not None and seen.position <= current.position:
             self._checked(now, seen.head)
             return
-        async with self._lock:
-            current = self._current
-            if current is not None and current.position >= seen.position:
-                return  # built while this request waited
-            if current is not None and not self._may_rebuild(now):
-                # The current version stays a valid start; look again after the interval.
-                self._checked(now, seen.head)
-                return
-            async with self.db.read() as conn:
-                catalogue = await read_catalogue(conn)
-            self._install(catalogue, now)
+        if current is not None and not self._may_rebuild(now):
+            # The current version stays a valid start; look again after the interval.
             self._checked(now, seen.head)
+            return
+        async with self.db.read() as conn:
+            catalogue = await read_catalogue(conn)
+        self._install(catalogue, now)
+        self._checked(now, seen.head)
 
     def _install(self, catalogue: Catalogue, now: float) -> None:
         self.builds += 1

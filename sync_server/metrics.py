@@ -99,6 +99,13 @@ class Metrics:
             "How late the event loop runs a timer: how long work waits for it (edge shedding).",
             registry=self.registry,
         )
+        self.snapshot_work = Gauge(
+            "freshroots_snapshot_work",
+            "Catalogue snapshot work since start: versions read from the database (built) and "
+            "encodings compressed; each is done once per version, never per request.",
+            ["kind"],
+            registry=self.registry,
+        )
         # Children made once: shedding happens under overload, when every microsecond counts.
         self._shed_children = {
             (where, priority): self.shed.labels(where, priority)

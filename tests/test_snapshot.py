@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import secrets
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import brotli
@@ -19,8 +22,9 @@ from storage.db import Database
 from sync_server.app import create_app
 from sync_server.catalogue import CatalogueSnapshots
 from tests.conftest import Backend
-from tests.support.api import Api, client_id, purchase
+from tests.support.api import Api, client_id, purchase, register
 from tests.support.live_server import run_in_server, serve_in_thread
+from tests.support.racing import at_once
 from tests.support.replica import Replica, build, without_empty
 from tests.test_sync_pull import wait_until_pruned_in_tail
 
@@ -135,6 +139,22 @@ def test_each_encoding_is_one_fixed_byte_string_with_its_own_tag(buyer: Api) -> 
     assert len({first.headers["etag"] for first, _ in answers.values()}) == 3
     sizes = {encoding: len(first.content) for encoding, (first, _) in answers.items()}
     assert sizes["br"] < sizes["gzip"] < sizes["identity"]
+
+    # Built and compressed once per version, never per request.
+    work = snapshot_work(buyer.base_url)
+    for encoding in ("br", "gzip", "identity", "br"):
+        fetch(buyer.base_url, **{"accept-encoding": encoding})
+    assert snapshot_work(buyer.base_url) == work
+
+
+def snapshot_work(base_url: str) -> dict[str, float]:
+    lines = httpx.get(f"{base_url}/metrics").text.splitlines()
+    prefix = "freshroots_snapshot_work{kind="
+    work = {
+        line.split('"')[1]: float(line.split()[-1]) for line in lines if line.startswith(prefix)
+    }
+    assert set(work) == {"built", "compressed"} and work["compressed"] >= 2
+    return work
 
 
 def test_a_cut_download_resumes_with_only_the_rest_byte_for_byte(buyer: Api) -> None:
@@ -358,3 +378,52 @@ def test_a_new_version_is_built_at_most_a_burst_then_once_per_interval(
     now[0] += 1.0
     assert run_in_server(fresh, tag) != tags[-1]
     assert snapshots.builds == 6
+
+
+def test_a_herd_of_first_fetches_builds_a_new_version_once(fresh: str, admin: Api) -> None:
+    admin.on(fresh).create_listing(title=f"Letchi {secrets.token_hex(3)}")  # a new version
+    before = snapshot_work(fresh)
+    answers = at_once(*[partial(fetch, fresh, **{"accept-encoding": "br"}) for _ in range(40)])
+    after = snapshot_work(fresh)
+    assert {answer.status_code for answer in answers} == {200}
+    assert len({answer.content for answer in answers}) == 1
+    assert len({answer.headers["etag"] for answer in answers}) == 1
+    assert after["built"] - before["built"] == 1
+    assert after["compressed"] - before["compressed"] == 1  # br only: nobody asked for gzip
+
+
+def test_phones_starting_from_snapshots_while_the_catalogue_changes_converge(
+    fresh: str, admin: Api
+) -> None:
+    """Writers and first syncs really racing: whatever version a phone got and whenever it
+    pulls from its position, no change is skipped or applied twice."""
+    admin = admin.on(fresh)
+    listings = [admin.create_listing(title=f"Ananas {n}", stock=50) for n in range(6)]
+    phones = [register(fresh, f"racer{n}") for n in range(4)]
+    stop = threading.Event()
+
+    def write() -> int:
+        edits = 0
+        while not stop.is_set():
+            listing = listings[edits % len(listings)]
+            changes: dict[str, Any] = {"stock": 50 + edits}
+            if edits % 7 == 3:
+                changes["status"] = "draft" if edits % 2 else "published"
+            admin.patch(f"/api/admin/listings/{listing['id']}", json=changes)
+            edits += 1
+        return edits
+
+    def start(phone: Api) -> tuple[Replica, str]:
+        document = decoded(fetch(fresh, **{"accept-encoding": "br"}))
+        replica, pages = start_from(phone, document, limit=3)
+        return replica, pages[-1]["cursor"]
+
+    with ThreadPoolExecutor(len(phones) + 1) as pool:
+        writer = pool.submit(write)
+        started = [(phone, pool.submit(start, phone)) for phone in phones for _ in range(3)]
+        replicas = [(phone, *future.result()) for phone, future in started]
+        stop.set()
+        assert writer.result() > 0
+    for phone, replica, cursor in replicas:
+        _, pages = phone.pull_all(cursor)
+        assert without_empty(build(pages, replica)) == fresh_sync(phone)
