@@ -180,7 +180,7 @@ async def shared_snapshot_page(
     services: Services, principal: Principal, state: SnapshotCursor | None, limit: int
 ) -> SharedAnswer | None:
     """A first-sync page: its catalogue part is the same for every phone starting from the
-    same position — read from the database once, encoded and compressed once at the best
+    same position — read from the database once, encoded and compressed once at near-best
     quality (in a worker thread), shared; where the catalogue ends within the page, the
     user's own rows fill the rest of it (shared by that user's devices while those rows stay
     as they were). Phones starting a snapshot within a few seconds start it at one position
@@ -224,7 +224,7 @@ async def catalogue_page(
     services: Services, principal: Principal, state: SnapshotCursor, limit: int, max_bytes: int
 ) -> EncodedPage:
     """The catalogue part of a first-sync page from `state`, built once for every phone of the
-    principal's shared scope (public, or admin: drafts included), compressed ahead at the best
+    principal's shared scope (public, or admin: drafts included), compressed ahead at near-best
     quality, its listings in catalogue order (put is an upsert: the order within a page is
     free, and neighbours alike compress better)."""
     key = ("catalogue", principal.scopes[0], state.head, state.last_id, limit, max_bytes)
