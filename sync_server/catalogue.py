@@ -52,6 +52,8 @@ _NAMES = {code: name for name, code in _CODES.items()}
 # Rebuilds allowed back to back before the rate limit applies (a quiet catalogue edited a
 # few times in a row gets each version at once).
 REBUILD_BURST = 4
+# Replaced versions kept in this process for resumes (within SNAPSHOT_GRACE_SECONDS).
+MAX_SUPERSEDED_KEPT = 8
 
 
 def negotiate(accept_encoding: str) -> str:
@@ -233,12 +235,16 @@ class CatalogueSnapshots:
         return True
 
     def _forget_expired(self, now: float) -> None:
-        self._superseded = [
+        kept = [
             version
             for version in self._superseded
             if version.superseded_at is not None
             and now - version.superseded_at < self.grace_seconds
         ]
+        # While every purchase moves a stock, a version a second may be replaced: memory is
+        # bounded by a count as well as by time (a resume of an older one gets the whole
+        # current version, as after the grace period).
+        self._superseded = kept[-MAX_SUPERSEDED_KEPT:]
 
     # -- encodings -----------------------------------------------------------------------
 
@@ -283,9 +289,10 @@ class CatalogueSnapshots:
 
     @property
     def _shared_ttl(self) -> int:
-        # A version may be current for a long while, then kept for the grace period: the
-        # key is set again whenever an instance builds it, and read back when missing.
-        return int(max(self.grace_seconds, self.refresh_seconds) + 3600)
+        # Kept in Redis about as long as a replaced version is servable. A version current for
+        # longer is compressed again by an instance that finds the key gone: the same bytes
+        # (same position, same encoder), so tags still match.
+        return int(max(self.grace_seconds, 60))
 
     # -- a version named by a tag (If-Range) ------------------------------------------------
 

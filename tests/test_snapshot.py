@@ -428,3 +428,36 @@ def test_phones_starting_from_snapshots_while_the_catalogue_changes_converge(
     for phone, replica, cursor in replicas:
         _, pages = phone.pull_all(cursor)
         assert without_empty(build(pages, replica)) == fresh_sync(phone)
+
+
+def test_replaced_versions_kept_for_resumes_are_bounded(fresh: str, admin: Api) -> None:
+    """Under a stream of changes a version a second may be replaced: what is kept for
+    resumes is bounded by a count as well as by the grace period."""
+
+    async def make(app: Any) -> CatalogueSnapshots:
+        services = app.state.services
+        return CatalogueSnapshots(
+            services.db,
+            services.feed,
+            services.cursors,
+            shared=None,
+            refresh_seconds=0,
+            grace_seconds=600,
+        )
+
+    snapshots = run_in_server(fresh, make)
+
+    async def tag(app: Any) -> str:
+        return (await snapshots.current("gzip")).etag
+
+    async def servable(app: Any, etag: str) -> bool:
+        return await snapshots.by_tag(etag) is not None
+
+    admin = admin.on(fresh)
+    tags = []
+    for n in range(12):
+        admin.create_listing(title=f"Thym {n} {secrets.token_hex(2)}")
+        tags.append(run_in_server(fresh, tag))
+    assert len(set(tags)) == 12
+    kept = [run_in_server(fresh, partial(servable, etag=etag)) for etag in tags]
+    assert kept == [False] * 3 + [True] * 9  # the current one and the 8 before it
