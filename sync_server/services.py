@@ -148,6 +148,11 @@ async def open_services(
     ):
         if not configured:
             log.info("%s is off: %s is not set", name, variable)
+    if not settings.metrics_token and not settings.is_embedded:
+        log.warning(
+            "/metrics answers anyone who reaches this instance: set METRICS_TOKEN, and keep the "
+            "path off the public proxy (deploy/nginx.conf does)"
+        )
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(10.0, connect=5.0), headers={"user-agent": "freshroots-sync/0.1"}
     )

@@ -127,6 +127,8 @@ class Settings:
     snapshot_max_age_seconds: int = 30
     snapshot_refresh_seconds: float = 1.0
     snapshot_grace_seconds: int = 600
+    # When set, GET /metrics needs `Authorization: Bearer <token>`.
+    metrics_token: str | None = field(default=None, repr=False)
     listings_cache_seconds: int = 600
     head_cache_seconds: int = 30
     log_level: str = "INFO"
@@ -239,6 +241,7 @@ class Settings:
             snapshot_max_age_seconds=_int(env, "SNAPSHOT_MAX_AGE_SECONDS", 30, 0),
             snapshot_refresh_seconds=_float(env, "SNAPSHOT_REFRESH_SECONDS", 1.0),
             snapshot_grace_seconds=_int(env, "SNAPSHOT_GRACE_SECONDS", 600, 0),
+            metrics_token=env.get("METRICS_TOKEN") or None,
             listings_cache_seconds=_int(env, "LISTINGS_CACHE_SECONDS", 600, 0),
             head_cache_seconds=_int(env, "HEAD_CACHE_SECONDS", 30, 1),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),

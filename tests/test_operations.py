@@ -12,8 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sync_server.app import create_app
 from sync_server.settings import ConfigError, Settings
+from tests.conftest import Backend
 from tests.support.api import Api, register
+from tests.support.live_server import serve_in_thread
 
 
 def freshroots(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -96,6 +99,18 @@ def test_health_readiness_and_metrics(server: str) -> None:
         'freshroots_request_seconds_bucket{le="0.005",method="GET",route="/api/listings"}',
     ):
         assert name in metrics, name
+
+
+def test_metrics_behind_a_token_answer_only_the_scraper(backend: Backend) -> None:
+    token = "scrape-" + "x" * 24
+    with serve_in_thread(create_app(backend.settings(METRICS_TOKEN=token))) as base_url:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": token}):
+            refused = httpx.get(f"{base_url}/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.json()["error"]["code"] == "unauthorized"
+            assert "freshroots_" not in refused.text
+        scraped = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200 and "freshroots_changelog_head" in scraped.text
 
 
 def test_cors_is_an_allow_list(backend: object, tmp_path: Path) -> None:
