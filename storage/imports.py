@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from storage.changelog import ChangeLog
-from storage.db import now_ms
 from storage.drafts import PostDrafts
-from storage.listings import create_listing, update_listing
+from storage.listings import create_listing, locked_listing, update_listing
 from storage.models import Listing
 from storage.records import notify_admins
-from storage.scopes import listing_scopes
 
 log = logging.getLogger("freshroots.imports")
 
@@ -119,29 +117,27 @@ async def _revisit(
         report.already_imported += 1
         return
     async with changelog.transaction() as tx:
-        if listing.status == "draft":
-            values = {
-                "title": draft.title[:200],
-                "price": draft.price,
-                "unit": draft.unit,
-                "updated_at": now_ms(),
-            }
-            await tx.conn.execute(update(Listing).where(Listing.id == listing.id).values(**values))
-            tx.changed(
-                "listings",
+        # Decided on the row as it is now, not as it was read before this transaction: an
+        # admin may have published or deleted the draft meanwhile, and a published listing is
+        # never overwritten (its change would also have been logged for admins only).
+        current = await locked_listing(tx, listing.id)
+        if current is None or current["deleted_at"] is not None:
+            report.already_imported += 1
+        elif current["status"] == "draft":
+            await update_listing(
+                tx,
+                None,
                 listing.id,
-                fields=values.keys(),
-                before=listing_scopes("draft", False),
-                after=listing_scopes("draft", False),
+                {"title": draft.title[:200], "price": draft.price, "unit": draft.unit},
             )
             report.updated_drafts += 1
-        elif listing.price != draft.price:
+        elif current["price"] != draft.price:
             await notify_admins(
                 tx,
                 "listing_suggestion",
                 "Price change on Facebook",
-                f"The farm's post now says Rs {draft.price / 100:,.2f} for {listing.title} "
-                f"(listed at Rs {listing.price / 100:,.2f}).",
+                f"The farm's post now says Rs {draft.price / 100:,.2f} for {current['title']} "
+                f"(listed at Rs {current['price'] / 100:,.2f}).",
                 {"listing_id": listing.id, "suggested_price": draft.price, "order_id": None},
             )
             report.suggestions += 1

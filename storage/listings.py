@@ -78,7 +78,9 @@ async def create_listing(
     return listing_id
 
 
-async def _locked_listing(tx: Tx, listing_id: str) -> Any:
+async def locked_listing(tx: Tx, listing_id: str) -> Any:
+    """The listing's row as it is now, locked until the transaction ends (PostgreSQL; SQLite
+    has one writer)."""
     query = LISTINGS.select_rows().where(Listing.id == listing_id)
     if tx.dialect == "postgresql":
         query = query.with_for_update()
@@ -93,7 +95,7 @@ async def update_listing(
     *,
     action: str = "update_listing",
 ) -> None:
-    current = await _locked_listing(tx, listing_id)
+    current = await locked_listing(tx, listing_id)
     if current is None or current["deleted_at"] is not None:
         raise NotFound("No such listing.")
     wire = LISTINGS.encode(current)
@@ -125,7 +127,7 @@ def _describe(changes: dict[str, Any]) -> str:
 
 async def delete_listing(tx: Tx, admin: Principal, listing_id: str) -> None:
     """Soft delete: order items keep pointing at the row; every replica receives a `del`."""
-    current = await _locked_listing(tx, listing_id)
+    current = await locked_listing(tx, listing_id)
     if current is None or current["deleted_at"] is not None:
         raise NotFound("No such listing.")
     now = now_ms()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -25,6 +26,9 @@ from integrations.facebook.standin import GraphState, create_graph_standin
 from integrations.facebook.webhook import changed_posts, handshake, verify_signature
 from integrations.media.settings import CloudinarySettings
 from integrations.media.standin import create_cloudinary_standin
+from storage.drafts import Draft
+from storage.imports import ImportReport, _revisit
+from storage.standalone import open_changelog
 from sync_server.app import create_app
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.integrations.test_media_cloudinary import tiny_png
@@ -340,3 +344,46 @@ def test_post_pictures_go_to_cloudinary_by_url_and_a_failed_one_is_retried(
 
             third = admin.post("/api/admin/facebook/import", json={"limit": 10}).json()
             assert third["pictures_stored"] == 0  # nothing left to fetch
+
+
+def test_a_draft_published_while_an_import_revisits_it_is_never_overwritten(
+    admin: Any, buyer: Any, backend: Backend
+) -> None:
+    """The import reads a post's listing, then writes in a transaction of its own: an admin
+    who publishes the draft in between must find it as they published it, and buyers must
+    never receive a change the import made for admins' eyes only."""
+    listing = admin.create_listing(title="Chouchou", price=3000, unit="kg", status="draft")
+    stale = SimpleNamespace(  # the row as the import read it: still a draft
+        id=listing["id"],
+        status="draft",
+        deleted_at=None,
+        images='["freshroots/chouchou"]',
+        title="Chouchou",
+        price=3000,
+        unit="kg",
+    )
+    assert (
+        admin.patch(
+            f"/api/admin/listings/{listing['id']}", json={"status": "published"}
+        ).status_code
+        == 200
+    )
+    cursor, _ = buyer.pull_all()
+
+    async def revisit() -> ImportReport:
+        report = ImportReport()
+        async with open_changelog(
+            backend.env["DATABASE_URL"],
+            backend.env.get("REDIS_URL"),
+            redis_prefix=backend.env.get("REDIS_PREFIX", "fr:"),
+        ) as changelog:
+            edited = Draft(title="Chouchou frais", price=3500, unit="kg")
+            await _revisit(changelog, stale, edited, report, None)  # type: ignore[arg-type]
+        return report
+
+    report = asyncio.run(revisit())
+    assert report.updated_drafts == 0 and report.suggestions == 1
+    published = admin.get(f"/api/listings/{listing['id']}").json()
+    assert (published["title"], published["price"]) == ("Chouchou", 3000)
+    _, pages = buyer.pull_all(cursor)
+    assert not any("listings" in page["changes"] for page in pages)
