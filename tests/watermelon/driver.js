@@ -3,38 +3,24 @@
 // gets one JSON line on stdout. WatermelonDB's own logging goes to stderr.
 console.log = (...args) => console.error(...args)
 
+const path = require('path')
 const readline = require('readline')
-const { Database, appSchema, tableSchema, Model, Q } = require('@nozbe/watermelondb')
+
+// The schema and models are the app's own files (clients/react-native/), which import
+// '@nozbe/watermelondb' as the app does. Here it is installed beside this driver, so Node is
+// told to look for packages there too, before anything loads them.
+process.env.NODE_PATH = [path.join(__dirname, 'node_modules'), process.env.NODE_PATH]
+  .filter(Boolean).join(path.delimiter)
+require('module').Module._initPaths()
+
+const { Database } = require('@nozbe/watermelondb')
 const LokiJSAdapter = require('@nozbe/watermelondb/adapters/lokijs').default
 const { synchronize } = require('@nozbe/watermelondb/sync')
+const { schema } = require('../../clients/react-native/schema')
+const { modelClasses } = require('../../clients/react-native/models')
 
 const [baseUrl, token] = process.argv.slice(2)
-const s = (name, isOptional = false) => ({ name, type: 'string', isOptional })
-const n = (name) => ({ name, type: 'number' })
-const b = (name) => ({ name, type: 'boolean' })
-
-const schema = appSchema({
-  version: 1,
-  tables: [
-    tableSchema({ name: 'listings', columns: [s('title'), s('description'), n('price'), s('unit'),
-      n('stock'), s('category'), s('images'), s('status'), n('updated_at')] }),
-    tableSchema({ name: 'orders', columns: [s('user_id'), s('status'), s('payment_method'),
-      s('payment_status'), n('total'), s('note', true), s('reject_reason', true), n('created_at'),
-      n('updated_at')] }),
-    tableSchema({ name: 'order_items', columns: [s('order_id'), s('listing_id'), n('quantity'),
-      n('price')] }),
-    tableSchema({ name: 'interest_expressions', columns: [s('user_id'), s('listing_id'),
-      s('message', true), n('created_at')] }),
-    tableSchema({ name: 'notifications', columns: [s('type'), s('title'), s('message'), b('read'),
-      s('data'), n('created_at')] }),
-    tableSchema({ name: 'payments', columns: [s('order_id'), s('method'), s('status'), n('amount'),
-      s('currency'), s('transaction_id', true), n('created_at'), n('updated_at')] }),
-    tableSchema({ name: 'admin_actions', columns: [s('admin_id'), s('action'), s('target_table'),
-      s('target_id'), s('notes', true), n('created_at')] }),
-  ],
-})
-const tables = schema.tables ? Object.keys(schema.tables) : []
-const modelClasses = tables.map((name) => class extends Model { static table = name })
+const tables = Object.keys(schema.tables)
 const adapter = new LokiJSAdapter({
   schema, useWebWorker: false, useIncrementalIndexedDB: false, extraLokiOptions: { autosave: false },
 })
