@@ -40,7 +40,7 @@ from sync_server.middleware import (
     EdgeAdmission,
     RequestEdgeMiddleware,
 )
-from sync_server.openapi import build_openapi
+from sync_server.openapi import build_openapi, docs_app
 from sync_server.pull_lane import build_lane, takes
 from sync_server.routes import (
     admin,
@@ -242,7 +242,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes,
         *metrics.routes,
     ]
-    openapi_document = build_openapi(api_routes, VERSION)
+    openapi_document = build_openapi([*api_routes, *admin_session.routes], VERSION)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document)
@@ -293,6 +293,8 @@ def create_app(settings: Settings) -> Starlette:
             *api_routes,
             *admin_session.routes,
             Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/docs", lambda request: RedirectResponse("/docs/"), methods=["GET"]),
+            Mount("/docs", docs_app(), name="docs"),  # the API reference, rendering the above
             Route("/admin", lambda request: RedirectResponse("/admin/"), methods=["GET"]),
             Mount("/admin", StaticFiles(directory=ADMIN_UI, html=True), name="admin"),
             *sandbox_routes,

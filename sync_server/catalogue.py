@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -52,8 +53,14 @@ _NAMES = {code: name for name, code in _CODES.items()}
 # Rebuilds allowed back to back before the rate limit applies (a quiet catalogue edited a
 # few times in a row gets each version at once).
 REBUILD_BURST = 4
-# Replaced versions kept in this process for resumes (within SNAPSHOT_GRACE_SECONDS).
-MAX_SUPERSEDED_KEPT = 8
+# Replaced versions kept in this process for resumes (within SNAPSHOT_GRACE_SECONDS), up to
+# this many bytes in all.
+MAX_SUPERSEDED_BYTES = 32 * 1024 * 1024
+# How long a request waits for a check of the catalogue or a compression of its newest version
+# when an older version can answer it at once.
+WAIT_FOR_NEW_SECONDS = 0.25
+# A new version no sooner after the last than this many times what compressing one took.
+COMPRESSION_SHARE = 10
 
 
 def negotiate(accept_encoding: str) -> str:
@@ -114,7 +121,13 @@ class Version:
     built_at: float
     superseded_at: float | None = None
     encoded: dict[str, Representation] = field(default_factory=dict)
-    building: dict[str, asyncio.Future[Representation]] = field(default_factory=dict)
+    compressing: dict[str, asyncio.Task[Representation]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.identity) + sum(
+            len(each.body) for name, each in self.encoded.items() if name != IDENTITY
+        )
 
 
 class CatalogueSnapshots:
@@ -127,6 +140,7 @@ class CatalogueSnapshots:
         shared: Cache | None,
         refresh_seconds: float,
         grace_seconds: float,
+        keep_bytes: int = MAX_SUPERSEDED_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
@@ -135,45 +149,75 @@ class CatalogueSnapshots:
         self.shared = shared  # Redis: every instance's versions; None: this process only
         self.refresh_seconds = refresh_seconds
         self.grace_seconds = grace_seconds
+        self.keep_bytes = keep_bytes
         self.clock = clock
         self._current: Version | None = None
         self._superseded: list[Version] = []
         self._checked_at = float("-inf")
         self._verified_through = -1  # the log head when the catalogue was last checked
-        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._rebuild_tokens = float(REBUILD_BURST)
         self._tokens_at = clock()
+        self._compression_seconds = 0.0  # the longest compression of the newest versions
         self.builds = 0  # versions read from the database (metrics)
         self.compressions = 0
 
     # -- the current version -------------------------------------------------------------
 
     async def current(self, encoding: str) -> Representation:
+        """The newest version in `encoding`, or, while that encoding of a just-built version
+        is still being compressed (seconds, for a catalogue of thousands of listings at
+        brotli 11), the newest one that has it ready: a version a few seconds old is as
+        valid a start as any, and no request waits for a compression another could skip."""
         if self._current is None or self._may_have_moved():
             await self._refresh_once()
         version = self._current
         assert version is not None
-        return await self._encoded(version, encoding)
+        ready = version.encoded.get(encoding)
+        if ready is not None:
+            return ready
+        compressing = self._compress(version, encoding)
+        fallback = next(
+            (
+                older.encoded[encoding]
+                for older in reversed(self._superseded)
+                if encoding in older.encoded
+            ),
+            None,
+        )
+        if fallback is None:
+            return await asyncio.shield(compressing)
+        try:
+            return await asyncio.wait_for(asyncio.shield(compressing), WAIT_FOR_NEW_SECONDS)
+        except TimeoutError:
+            return fallback
 
     async def _refresh_once(self) -> None:
         """One check at a time, whatever the number of first syncs asking: a herd shares it
-        (a check per request would queue the herd for database connections). While the
-        database is away, the version held is served: it is still a valid start."""
+        (a check per request would queue the herd for database connections). With a version
+        held, a request waits for the check only briefly, and a failed check is not tried
+        again before the refresh interval: while the database is slow or away, the version
+        held is served (it is still a valid start)."""
         task = self._refreshing
         if task is None:
-            task = self._refreshing = asyncio.ensure_future(self._refresh())
+            task = self._refreshing = asyncio.create_task(self._refresh())
             task.add_done_callback(self._refreshed)
-        try:
+        if self._current is None:
             await asyncio.shield(task)
-        except Exception:
-            if self._current is None:
-                raise
-            log.warning("could not check the catalogue; serving the version held", exc_info=True)
+            return
+        with contextlib.suppress(TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), WAIT_FOR_NEW_SECONDS)
 
-    def _refreshed(self, task: asyncio.Future[None]) -> None:
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
         self._refreshing = None
-        if not task.cancelled() and task.exception() is not None and self._current is not None:
-            self._checked_at = self.clock()  # look again after the interval, not per request
+        if task.cancelled() or task.exception() is None:
+            return
+        log.warning("could not check the catalogue", exc_info=task.exception())
+        if self._current is not None:
+            # Look again after the interval, not on every request: what was heard of stays
+            # "heard" until then.
+            self._checked_at = self.clock()
+            self._verified_through = max(self._verified_through, self.feed.local.get(PUBLIC) or -1)
 
     def _may_have_moved(self) -> bool:
         if self.clock() - self._checked_at >= self.refresh_seconds:
@@ -195,16 +239,17 @@ class CatalogueSnapshots:
         if current is not None and seen.position <= current.position:
             self._checked(now, seen.head)
             return
-        if current is not None and not self._may_rebuild(now):
+        if current is not None and not self._may_rebuild(now, current):
             # The current version stays a valid start; look again after the interval.
             self._checked(now, seen.head)
             return
         async with self.db.read() as conn:
             catalogue = await read_catalogue(conn)
-        self._install(catalogue, now)
+        version = self._install(catalogue, now)
         self._checked(now, seen.head)
+        await self._share(version, IDENTITY, version.identity)
 
-    def _install(self, catalogue: Catalogue, now: float) -> None:
+    def _install(self, catalogue: Catalogue, now: float) -> Version:
         self.builds += 1
         identity = document(catalogue, self.cursors.encode_position(catalogue.position))
         version = Version(catalogue.position, identity, built_at=now)
@@ -221,9 +266,15 @@ class CatalogueSnapshots:
             catalogue.size,
             len(identity),
         )
+        return version
 
-    def _may_rebuild(self, now: float) -> bool:
-        """A token bucket: REBUILD_BURST at once, then one per refresh interval."""
+    def _may_rebuild(self, now: float, current: Version) -> bool:
+        """A token bucket — REBUILD_BURST at once, then one per refresh interval — and never
+        sooner after the last build than COMPRESSION_SHARE times what compressing a version
+        took: a catalogue that takes a second to compress at brotli 11 gets a new version at
+        most every ten seconds while every purchase moves a stock."""
+        if now - current.built_at < COMPRESSION_SHARE * self._compression_seconds:
+            return False
         rate = 1.0 / self.refresh_seconds if self.refresh_seconds > 0 else float("inf")
         self._rebuild_tokens = min(
             REBUILD_BURST, self._rebuild_tokens + (now - self._tokens_at) * rate
@@ -242,32 +293,40 @@ class CatalogueSnapshots:
             and now - version.superseded_at < self.grace_seconds
         ]
         # While every purchase moves a stock, a version a second may be replaced: memory is
-        # bounded by a count as well as by time (a resume of an older one gets the whole
-        # current version, as after the grace period).
-        self._superseded = kept[-MAX_SUPERSEDED_KEPT:]
+        # bounded by bytes as well as by time (a resume of an older one gets the whole current
+        # version, as after the grace period).
+        total = 0
+        for index in range(len(kept) - 1, -1, -1):
+            total += kept[index].size
+            if total > self.keep_bytes:
+                kept = kept[index + 1 :]
+                break
+        self._superseded = kept
 
     # -- encodings -----------------------------------------------------------------------
+
+    def _compress(self, version: Version, encoding: str) -> asyncio.Task[Representation]:
+        """The task making `encoding` of `version`, started once; it belongs to no request,
+        so a client that goes away cancels nobody else's wait."""
+        task = version.compressing.get(encoding)
+        if task is None:
+            task = version.compressing[encoding] = asyncio.create_task(
+                self._fetch_or_compress(version, encoding)
+            )
+
+            def done(finished: asyncio.Task[Representation]) -> None:
+                del version.compressing[encoding]
+                if not finished.cancelled() and finished.exception() is None:
+                    version.encoded[encoding] = finished.result()
+
+            task.add_done_callback(done)
+        return task
 
     async def _encoded(self, version: Version, encoding: str) -> Representation:
         ready = version.encoded.get(encoding)
         if ready is not None:
             return ready
-        pending = version.building.get(encoding)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Representation] = asyncio.get_running_loop().create_future()
-        version.building[encoding] = future
-        try:
-            representation = await self._fetch_or_compress(version, encoding)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: waiters get it, nobody else needs to
-            raise
-        finally:
-            del version.building[encoding]
-        version.encoded[encoding] = representation
-        future.set_result(representation)
-        return representation
+        return await asyncio.shield(self._compress(version, encoding))
 
     async def _fetch_or_compress(self, version: Version, encoding: str) -> Representation:
         key = f"snapshot:{version.position:x}:{encoding}"
@@ -278,14 +337,23 @@ class CatalogueSnapshots:
                 body = None  # Redis away: build it here; the bytes are the same
             if body is not None:
                 return Representation.of(version.position, encoding, body)
+        started = time.perf_counter()
         body = await asyncio.to_thread(encode, version.identity, encoding)
+        if version is self._current:
+            self._compression_seconds = time.perf_counter() - started
         self.compressions += 1
-        if self.shared is not None:
-            try:
-                await self.shared.set(key, body, self._shared_ttl)
-            except Exception:
-                log.warning("could not share the catalogue snapshot's %s bytes", encoding)
+        await self._share(version, encoding, body)
         return Representation.of(version.position, encoding, body)
+
+    async def _share(self, version: Version, encoding: str, body: bytes) -> None:
+        if self.shared is None:
+            return
+        try:
+            await self.shared.set(
+                f"snapshot:{version.position:x}:{encoding}", body, self._shared_ttl
+            )
+        except Exception:
+            log.warning("could not share the catalogue snapshot's %s bytes", encoding)
 
     @property
     def _shared_ttl(self) -> int:
@@ -304,6 +372,10 @@ class CatalogueSnapshots:
         if named is None:
             return None
         position, encoding = named
+        if self._current is not None and self._may_have_moved():
+            # Whether the tag's version is still the current one (the check, not a build's
+            # compression: a resume never waits for that).
+            await self._refresh_once()
         now = self.clock()
         self._forget_expired(now)
         for version in (self._current, *self._superseded):

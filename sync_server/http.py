@@ -152,14 +152,29 @@ def path_param(request: Request, name: str) -> str:
 
 @dataclass(frozen=True)
 class Doc:
-    """What /openapi.json says about an endpoint."""
+    """What /openapi.json (and the /docs page rendering it) says about an endpoint; see
+    `sync_server.openapi` for how each field becomes part of the document."""
 
     summary: str
-    auth: str | None = None  # None, "user" or "admin"
-    body: Any = None
+    # None (public), "user" or "admin" (a Bearer access token; admin: that role), "optional"
+    # (public, but a token changes the answer), "dashboard" (the dashboard's session cookie
+    # and its X-CSRF-Token header) or "metrics" (METRICS_TOKEN as a bearer, when it is set).
+    auth: str | None = None
+    body: Any = None  # the msgspec type the handler decodes the body into
     status: int = 200
-    query: tuple[str, ...] = ()
+    # Query parameters: names, or (name, description) pairs.
+    query: tuple[str | tuple[str, str], ...] = ()
     tag: str = "api"
+    # The success answer's body: a schema name from `sync_server.openapi.SCHEMAS` (or a
+    # msgspec type); None for an answer with no body (204). `body` may name one too.
+    response: Any = None
+    description: str = ""  # Markdown, shown under the summary
+    media_type: str = "application/json"  # the success answer's
+    body_media_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # request headers it reads: (name, description)
+    errors: tuple[int, ...] = ()  # error statuses besides those its auth, body and path imply
+    # Other answers, not errors: (status, description, schema name or None for no body).
+    other: tuple[tuple[int, str, str | None], ...] = ()
 
 
 def doc(summary: str, **options: Any) -> Callable[[Endpoint], Endpoint]:

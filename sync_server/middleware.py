@@ -395,8 +395,7 @@ class CompressionMiddleware:
             # Small or streamed bodies (most pulls are empty) pass without parsing headers, and
             # so do bodies compressed already (shared pull pages are, once for every phone).
             eligible = (
-                start["status"] == 200  # never a 206: its bytes are a slice of a representation
-                and not message.get("more_body", False)
+                not message.get("more_body", False)
                 and len(body) >= MIN_COMPRESS_BYTES
                 and not any(name == b"content-encoding" for name, _ in start.get("headers", ()))
             )
@@ -404,6 +403,10 @@ class CompressionMiddleware:
             if headers is not None and (
                 "content-encoding" not in headers
                 and headers.get("content-type", "").startswith(COMPRESSIBLE)
+                # A range is a slice of one representation; no-transform asks for the bytes
+                # as they are (the catalogue snapshot's identity variant).
+                and "content-range" not in headers
+                and "no-transform" not in headers.get("cache-control", "")
             ):
                 body = (
                     brotli.compress(body, quality=5)

@@ -107,7 +107,9 @@ async def _listing(request: Request, listing_id: str, admin: Principal) -> dict[
         return await listing_store.get_listing(conn, admin, listing_id)
 
 
-@doc("Create a listing", auth="admin", body=ListingBody, status=201, tag="admin")
+@doc(
+    "Create a listing", auth="admin", body=ListingBody, status=201, tag="admin", response="Listing"
+)
 async def create_listing(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, ListingBody)
@@ -125,6 +127,7 @@ async def create_listing(request: Request) -> Response:
     auth="admin",
     body=ListingPatch,
     tag="admin",
+    response="Listing",
 )
 async def patch_listing(request: Request) -> Response:
     admin = await require_admin(request)
@@ -157,7 +160,16 @@ async def delete_listing(request: Request) -> Response:
     "Orders, filtered and keyset paged",
     auth="admin",
     tag="admin",
-    query=("status", "from", "to", "user_id", "listing_id", "cursor", "limit"),
+    query=(
+        ("status", "Only orders in this status (pending: the queue)"),
+        ("from", "Created at or after (ms)"),
+        ("to", "Created before (ms)"),
+        ("user_id", "Only this buyer's"),
+        ("listing_id", "Only orders of this listing"),
+        ("cursor", "next_cursor of the previous page"),
+        ("limit", "Orders per page"),
+    ),
+    response="OrderPage",
 )
 async def list_orders(request: Request) -> Response:
     await require_admin(request)
@@ -172,6 +184,7 @@ async def list_orders(request: Request) -> Response:
     "snapshot (the dashboard)",
     auth="admin",
     tag="admin",
+    response="LiveCursor",
 )
 async def live_cursor(request: Request) -> Response:
     # The dashboard's socket only signals "orders changed" and the page reloads the queue
@@ -204,7 +217,14 @@ async def _decide(request: Request, admin: Principal, work: Any) -> Response:
     return json_response(order)
 
 
-@doc("Approve a pending order", auth="admin", body=ApproveBody, tag="admin")
+@doc(
+    "Approve a pending order",
+    auth="admin",
+    body=ApproveBody,
+    tag="admin",
+    response="OrderWithItems",
+    errors=(409,),
+)
 async def approve(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, ApproveBody) if await request.body() else ApproveBody()
@@ -215,7 +235,14 @@ async def approve(request: Request) -> Response:
     )
 
 
-@doc("Reject a pending order (releases its stock)", auth="admin", body=RejectBody, tag="admin")
+@doc(
+    "Reject a pending order (releases its stock)",
+    auth="admin",
+    body=RejectBody,
+    tag="admin",
+    response="OrderWithItems",
+    errors=(409,),
+)
 async def reject(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, RejectBody)
@@ -234,6 +261,8 @@ async def reject(request: Request) -> Response:
     auth="admin",
     body=NotesBody,
     tag="admin",
+    response="OrderWithItems",
+    errors=(409,),
 )
 async def mark_paid(request: Request) -> Response:
     admin = await require_admin(request)
@@ -247,7 +276,14 @@ async def mark_paid(request: Request) -> Response:
     )
 
 
-@doc("Mark a paid order completed (handed over)", auth="admin", body=NotesBody, tag="admin")
+@doc(
+    "Mark a paid order completed (handed over)",
+    auth="admin",
+    body=NotesBody,
+    tag="admin",
+    response="OrderWithItems",
+    errors=(409,),
+)
 async def complete(request: Request) -> Response:
     admin = await require_admin(request)
     body = await read_json(request, NotesBody) if await request.body() else NotesBody()
@@ -265,6 +301,8 @@ async def complete(request: Request) -> Response:
     auth="admin",
     body=SignBody,
     tag="admin",
+    response="MediaSignature",
+    errors=(404,),
 )
 async def sign_media(request: Request) -> Response:
     await require_admin(request)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from protocol.errors import ValidationFailed
-from storage.analytics import report
+from storage.analytics import MAURITIUS_OFFSET_SECONDS, report
 from storage.db import now_ms
 from storage.listings import decode_page_cursor, encode_page_cursor
 from storage.models import AdminAction
@@ -16,13 +19,39 @@ from sync_server.http import doc, json_response, query_int, require_admin
 from sync_server.services import services_of
 
 DAY_MS = 86_400_000
+# Longer ranges keep only the days that had orders: a range from 1970 would otherwise answer
+# with twenty thousand empty days.
+MAX_FILLED_DAYS = 366
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def every_day(rows: list[dict[str, Any]], since: int, until: int) -> list[dict[str, Any]]:
+    """Per-day rows with every Mauritius day of [since, until) present, the days without an
+    order as zeros: a chart of them has a slot per day, and one busy day is one bar among
+    empty ones rather than the whole width."""
+    offset_ms = MAURITIUS_OFFSET_SECONDS * 1000
+    first, last = (since + offset_ms) // DAY_MS, (until - 1 + offset_ms) // DAY_MS
+    if last - first + 1 > MAX_FILLED_DAYS or EPOCH_ORDINAL + last > date.max.toordinal():
+        return rows
+    by_day = {row["day"]: row for row in rows}
+    days = (date.fromordinal(EPOCH_ORDINAL + n).isoformat() for n in range(first, last + 1))
+    return [by_day.get(day) or {"day": day, "orders": 0, "revenue": 0} for day in days]
 
 
 @doc(
     "The audit log, newest first, filtered and keyset paged",
     auth="admin",
     tag="admin",
-    query=("admin_id", "action", "target_id", "from", "to", "cursor", "limit"),
+    query=(
+        ("admin_id", "Only this admin's actions"),
+        ("action", "Only this action (approve, reject, create_listing, …)"),
+        ("target_id", "Only actions on this order or listing"),
+        ("from", "At or after (ms)"),
+        ("to", "Before (ms)"),
+        ("cursor", "next_cursor of the previous page"),
+        ("limit", "Rows per page"),
+    ),
+    response="AuditPage",
 )
 async def audit(request: Request) -> Response:
     await require_admin(request)
@@ -59,11 +88,13 @@ async def audit(request: Request) -> Response:
 
 
 @doc(
-    "Orders and revenue per day, approval rate and time, conversion, top listings, "
-    "searches with no results, active devices",
+    "Orders and revenue per day (every day of the range up to a year, zeros included), "
+    "approval rate and time, conversion, top listings, searches with no results, "
+    "active devices",
     auth="admin",
     tag="admin",
-    query=("from", "to"),
+    query=(("from", "Start (ms; default 30 days ago)"), ("to", "End (ms; default now)")),
+    response="Analytics",
 )
 async def analytics(request: Request) -> Response:
     await require_admin(request)
@@ -75,6 +106,7 @@ async def analytics(request: Request) -> Response:
     services = services_of(request)
     async with services.db.read() as conn:
         body = await report(conn, services.db.dialect, since, until)
+    body["orders_per_day"] = every_day(body["orders_per_day"], since, until)
     return json_response(body)
 
 

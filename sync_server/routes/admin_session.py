@@ -73,7 +73,13 @@ def _check_csrf(request: Request) -> None:
         raise Forbidden("Missing or wrong CSRF token.", code="csrf_failed")
 
 
-@doc("Dashboard sign-in: sets the HttpOnly refresh cookie", body=Credentials, tag="admin")
+@doc(
+    "Dashboard sign-in: sets the HttpOnly refresh cookie",
+    body=Credentials,
+    tag="admin",
+    response="DashboardSession",
+    errors=(401, 403, 429),
+)
 async def sign_in(request: Request) -> Response:
     body = await read_json(request, Credentials)
     user = await check_credentials(request, body.email, body.password)
@@ -83,7 +89,12 @@ async def sign_in(request: Request) -> Response:
     return _session_response(services, dict(user), await services.refresh_tokens.issue(user["id"]))
 
 
-@doc("Dashboard token refresh (cookie + X-CSRF-Token)", tag="admin")
+@doc(
+    "Dashboard token refresh (cookie + X-CSRF-Token)",
+    auth="dashboard",
+    tag="admin",
+    response="DashboardSession",
+)
 async def refresh(request: Request) -> Response:
     _check_csrf(request)
     services = services_of(request)
@@ -98,7 +109,7 @@ async def refresh(request: Request) -> Response:
     return _session_response(services, dict(user), rotation.token)
 
 
-@doc("Dashboard sign-out", status=204, tag="admin")
+@doc("Dashboard sign-out", auth="dashboard", status=204, tag="admin")
 async def sign_out(request: Request) -> Response:
     _check_csrf(request)
     services = services_of(request)

@@ -54,7 +54,14 @@ async def session(services: Services, user: Any, status_code: int) -> Response:
     )
 
 
-@doc("Create an account", body=RegisterBody, status=201, tag="auth")
+@doc(
+    "Create an account",
+    body=RegisterBody,
+    status=201,
+    tag="auth",
+    response="Session",
+    errors=(409, 429),
+)
 async def register(request: Request) -> Response:
     services = services_of(request)
     limits = services.limiter.limits
@@ -104,14 +111,23 @@ async def check_credentials(request: Request, email: str, password: str) -> Any:
     return user
 
 
-@doc("Sign in", body=LoginBody, tag="auth")
+@doc("Sign in", body=LoginBody, tag="auth", response="Session", errors=(401, 429))
 async def login(request: Request) -> Response:
     body = await read_json(request, LoginBody)
     user = await check_credentials(request, body.email, body.password)
     return await session(services_of(request), user, 200)
 
 
-@doc("Exchange a refresh token for a new pair (the old one is spent)", body=RefreshBody, tag="auth")
+@doc(
+    "Exchange a refresh token for a new pair (the old one is spent)",
+    body=RefreshBody,
+    tag="auth",
+    response="Session",
+    errors=(401,),
+    description="Presenting a spent token again within the grace period (a retry after a "
+    "lost answer) answers a valid pair of the same family; after it, reuse revokes the "
+    "whole family (401).",
+)
 async def refresh(request: Request) -> Response:
     services = services_of(request)
     body = await read_json(request, RefreshBody)
@@ -140,7 +156,7 @@ async def logout(request: Request) -> Response:
     return no_content()
 
 
-@doc("The signed-in user", auth="user", tag="me")
+@doc("The signed-in user", auth="user", tag="me", response="User")
 async def me(request: Request) -> Response:
     return json_response(users.user_to_wire(await signed_in_user(request)))
 
@@ -156,7 +172,10 @@ async def signed_in_user(request: Request) -> Any:
 
 
 @doc(
-    "Everything we hold about the signed-in user (Data Protection Act 2017)", auth="user", tag="me"
+    "Everything we hold about the signed-in user (Data Protection Act 2017)",
+    auth="user",
+    tag="me",
+    response="DataExport",
 )
 async def export(request: Request) -> Response:
     principal = await authenticate(request)

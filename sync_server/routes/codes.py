@@ -64,6 +64,7 @@ async def _send_code(services: Services, user: dict[str, str], purpose: str) -> 
     auth="user",
     status=202,
     tag="auth",
+    response="Empty",
 )
 async def verify_request(request: Request) -> Response:
     user = await signed_in_user(request)
@@ -71,7 +72,13 @@ async def verify_request(request: Request) -> Response:
     return json_response({}, 202)
 
 
-@doc("Confirm the address with the emailed code", auth="user", body=ConfirmCode, tag="auth")
+@doc(
+    "Confirm the address with the emailed code",
+    auth="user",
+    body=ConfirmCode,
+    tag="auth",
+    response="User",
+)
 async def verify_confirm(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
@@ -94,6 +101,8 @@ async def verify_confirm(request: Request) -> Response:
     body=ResetRequest,
     status=202,
     tag="auth",
+    response="Empty",
+    errors=(429,),
 )
 async def reset_request(request: Request) -> Response:
     services = services_of(request)

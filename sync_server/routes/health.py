@@ -10,12 +10,17 @@ from sync_server.http import doc, json_response
 from sync_server.services import services_of
 
 
-@doc("The process is up", tag="health")
+@doc("The process is up", tag="health", response="Health")
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-@doc("The database (and Redis, when configured) answer", tag="health")
+@doc(
+    "The database (and Redis, when configured) answer",
+    tag="health",
+    response="Readiness",
+    other=((503, "Not ready: a dependency is down (Retry-After)", "Readiness"),),
+)
 async def readyz(request: Request) -> Response:
     services = services_of(request)
     checks: dict[str, str] = {}

@@ -94,8 +94,19 @@ PRICE_CEILING = 2**31 - 1
 
 @doc(
     "Search and filter listings (keyset paged)",
+    auth="optional",
     tag="listings",
-    query=("q", "category", "min_price", "max_price", "in_stock", "cursor", "limit"),
+    query=(
+        ("q", "Words to search titles and descriptions for"),
+        ("category", "Only this category"),
+        ("min_price", "Cents"),
+        ("max_price", "Cents"),
+        ("in_stock", "true: only listings with stock"),
+        ("cursor", "next_cursor of the previous page"),
+        ("limit", "Listings per page"),
+    ),
+    headers=(("Save-Data", "on: smaller image URLs"),),
+    response="ListingPage",
 )
 async def list_listings(request: Request) -> Response:
     services = services_of(request)
@@ -137,7 +148,13 @@ async def list_listings(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-@doc("One listing", tag="listings")
+@doc(
+    "One listing",
+    auth="optional",
+    tag="listings",
+    headers=(("Save-Data", "on: smaller image URLs"),),
+    response="Listing",
+)
 async def one_listing(request: Request) -> Response:
     services = services_of(request)
     principal = await optional_principal(request)

@@ -20,7 +20,13 @@ from sync_server.metrics import Metrics
 from sync_server.services import services_of
 
 
-@doc("Operational metrics in Prometheus text format (METRICS_TOKEN: bearer)", tag="health")
+@doc(
+    "Operational metrics in Prometheus text format (METRICS_TOKEN: bearer)",
+    auth="metrics",
+    tag="health",
+    response="text",
+    media_type="text/plain",
+)
 async def metrics(request: Request) -> Response:
     expected = services_of(request).settings.metrics_token
     if expected:

@@ -139,6 +139,10 @@ async def _claim_key(tx: Tx, user_id: str, key: str, request_hash: str) -> tuple
     body=PurchaseRequest,
     status=201,
     tag="orders",
+    headers=(("Idempotency-Key", "A retry with the same key returns the first outcome"),),
+    response="OrderWithItems",
+    errors=(409,),
+    other=((200, "This order was already placed (a retry): the order as it is", "OrderWithItems"),),
 )
 async def purchase_request(request: Request) -> Response:
     buyer = await authenticate(request)
@@ -174,7 +178,12 @@ async def purchase_request(request: Request) -> Response:
     "The signed-in user's orders, newest first",
     auth="user",
     tag="orders",
-    query=("status", "cursor", "limit"),
+    query=(
+        ("status", "Only orders in this status"),
+        ("cursor", "next_cursor of the previous page"),
+        ("limit", "Orders per page"),
+    ),
+    response="OrderPage",
 )
 async def list_orders(request: Request) -> Response:
     buyer = await authenticate(request)
@@ -231,7 +240,12 @@ async def page_orders(
     return items, next_cursor
 
 
-@doc("One order with its items (owner or admin)", auth="user", tag="orders")
+@doc(
+    "One order with its items (owner or admin)",
+    auth="user",
+    tag="orders",
+    response="OrderWithItems",
+)
 async def get_order(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
@@ -249,7 +263,15 @@ class InterestBody(msgspec.Struct, forbid_unknown_fields=True):
     message: str | None = None
 
 
-@doc("Express interest in a listing", auth="user", body=InterestBody, status=201, tag="orders")
+@doc(
+    "Express interest in a listing",
+    auth="user",
+    body=InterestBody,
+    status=201,
+    tag="orders",
+    response="InterestCreated",
+    errors=(409,),
+)
 async def interest(request: Request) -> Response:
     buyer = await authenticate(request)
     services = services_of(request)
@@ -280,7 +302,11 @@ async def interest(request: Request) -> Response:
 
 
 @doc(
-    "The signed-in user's notifications, newest first", auth="user", tag="orders", query=("limit",)
+    "The signed-in user's notifications, newest first",
+    auth="user",
+    tag="orders",
+    query=(("limit", "At most this many (up to 200)"),),
+    response="NotificationPage",
 )
 async def notifications(request: Request) -> Response:
     reader = await authenticate(request)

@@ -55,6 +55,8 @@ class PayBody(msgspec.Struct, forbid_unknown_fields=True):
     body=PayBody,
     status=201,
     tag="orders",
+    response="PaymentStarted",
+    errors=(409, 502),
 )
 async def pay(request: Request) -> Response:
     buyer = await authenticate(request)
@@ -107,12 +109,19 @@ async def pay(request: Request) -> Response:
 @doc(
     "Gateway notification (IMN): form field crypted_callback; answers success or fail",
     tag="webhooks",
+    body="ImnForm",
+    body_media_type="application/x-www-form-urlencoded",
+    response="text",
+    media_type="text/plain",
+    description="`success`: verified, and applied or already applied; `fail`: it cannot be "
+    "verified or matched (the gateway sends it again). Without crypted_callback: 400 `fail`.",
 )
 async def mips_notification(request: Request) -> Response:
     services = services_of(request)
     form = await request.form()
     crypted = form.get("crypted_callback")
-    if not isinstance(crypted, str) or not crypted:
+    if not isinstance(crypted, str) or not crypted or "\x00" in crypted:
+        # Missing, or nothing a gateway sends (PostgreSQL text cannot even store a NUL).
         return PlainTextResponse("fail", 400)
     event_id = await store_event(services.db, "mips", crypted)  # raw, before anything else
     provider = services.payments
@@ -166,6 +175,12 @@ def payments_sandbox(settings: Settings) -> GatewayState | None:
     return gateway
 
 
+@doc(
+    "Where the gateway sends the buyer back: a page; the order's state comes from the IMN",
+    tag="orders",
+    response="text",
+    media_type="text/html",
+)
 async def payment_return(request: Request) -> Response:
     """Where the gateway's page sends the buyer back. The order's state comes from the
     gateway's server-to-server notification, never from this redirect, so the page only

@@ -33,7 +33,22 @@ class PushBody(msgspec.Struct, forbid_unknown_fields=True):
     "first sync for a device holding the catalogue snapshot)",
     auth="user",
     tag="sync",
-    query=("cursor", "limit", "snapshot"),
+    query=(
+        ("cursor", "From the previous answer; absent: a first sync of the caller's scope"),
+        ("limit", "Rows (put + patch + del entries) per page; the server caps it"),
+        (
+            "snapshot",
+            "Instead of a cursor: the position of the catalogue snapshot the device holds",
+        ),
+    ),
+    headers=(("If-None-Match", "The cursor in quotes: 304 when nothing is new"),),
+    response="PullPage",
+    description="Pull again at once while `more` is true. An unknown, tampered, another "
+    "user's or expired cursor (or snapshot position) answers a full snapshot with "
+    "`reset: true`; a cursor that is not even well-formed is 400 `malformed_cursor`. "
+    "The answer's ETag is its cursor.",
+    other=((304, "Nothing new since the cursor in If-None-Match; no body", None),),
+    errors=(400,),
 )
 async def pull(request: Request) -> Response:
     principal = await authenticate(request)
@@ -92,6 +107,11 @@ async def pull(request: Request) -> Response:
     auth="user",
     body=PushBody,
     tag="sync",
+    response="PushResults",
+    description="Mutation ids strictly increase per `client_id`: a batch sent again (even "
+    "while the first send is in flight) gets the original outcomes, never a second "
+    "application. A `client_id` belongs to the first user who uses it (another: 403).",
+    errors=(403,),
 )
 async def push_route(request: Request) -> Response:
     principal = await authenticate(request)

@@ -34,7 +34,12 @@ def last_pulled_at(request: Request) -> int | None:
     "WatermelonDB pull: changes since last_pulled_at",
     auth="user",
     tag="sync",
-    query=("last_pulled_at", "schema_version", "migration"),
+    query=(
+        ("last_pulled_at", "The previous answer's timestamp; absent or null: a first sync"),
+        ("schema_version", "The app's WatermelonDB schema version"),
+        ("migration", "WatermelonDB's migration description, if any"),
+    ),
+    response="WatermelonPull",
 )
 async def pull(request: Request) -> Response:
     principal = await authenticate(request)
@@ -57,7 +62,13 @@ async def pull(request: Request) -> Response:
     "WatermelonDB push: the changes object, applied in one transaction",
     auth="user",
     tag="sync",
-    query=("last_pulled_at",),
+    query=(("last_pulled_at", "The timestamp of the pull the changes are based on"),),
+    body="WatermelonChanges",
+    response="WatermelonPushed",
+    description="A created `orders` record with its `order_items` is a purchase request, "
+    "idempotent by the order's id; prices and totals are the server's. A request that "
+    "cannot be honoured is kept as a `rejected` order; records the caller may not write "
+    "come back in `experimentalRejectedIds`.",
 )
 async def push(request: Request) -> Response:
     principal = await authenticate(request)

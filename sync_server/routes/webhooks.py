@@ -39,7 +39,14 @@ def _facebook(request: Request) -> FacebookSettings:
 @doc(
     "Facebook webhook subscription handshake",
     tag="webhooks",
-    query=("hub.mode", "hub.verify_token", "hub.challenge"),
+    query=(
+        ("hub.mode", "subscribe"),
+        ("hub.verify_token", "FACEBOOK_VERIFY_TOKEN"),
+        ("hub.challenge", "Echoed back when the token matches"),
+    ),
+    response="text",
+    media_type="text/plain",
+    errors=(403, 404),
 )
 async def facebook_verify(request: Request) -> Response:
     settings = _facebook(request)
@@ -49,7 +56,15 @@ async def facebook_verify(request: Request) -> Response:
     return PlainTextResponse(challenge)
 
 
-@doc("Facebook Page feed changes (signed with the app secret)", tag="webhooks")
+@doc(
+    "Facebook Page feed changes (signed with the app secret)",
+    tag="webhooks",
+    body="FacebookEvent",
+    headers=(("X-Hub-Signature-256", "sha256=<HMAC of the body with the app secret>"),),
+    response="text",
+    media_type="text/plain",
+    errors=(403, 404),
+)
 async def facebook_event(request: Request) -> Response:
     settings = _facebook(request)
     raw = await request.body()
@@ -100,6 +115,8 @@ class ImportBody(msgspec.Struct, forbid_unknown_fields=True):
     auth="admin",
     body=ImportBody,
     tag="admin",
+    response="ImportReport",
+    errors=(404,),
 )
 async def admin_import(request: Request) -> Response:
     await require_admin(request)

@@ -138,6 +138,9 @@ def test_failure_tampering_and_forgery(shop: Shop) -> None:
     assert forged.text == "fail"
     unknown = httpx.post(shop.gateway.webhook_url, data={"crypted_callback": ""})
     assert unknown.status_code == 400
+    # No gateway sends a NUL (PostgreSQL text cannot hold one: this was a 500 there).
+    with_nul = httpx.post(shop.gateway.webhook_url, data={"crypted_callback": "a\x00b"})
+    assert (with_nul.status_code, with_nul.text) == (400, "fail")
 
 
 def test_gateway_outage_is_503_and_the_retry_reuses_the_attempt(shop: Shop) -> None:
