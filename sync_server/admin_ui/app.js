@@ -265,49 +265,262 @@ async function renderAudit (cursor = null, rows = '') {
 }
 
 // ---- analytics -----------------------------------------------------------------------------
+// Charts are uPlot (vendor/uplot/, a classic script that defines the global `uPlot`). Days are
+// Mauritius days ("YYYY-MM-DD" from the server); on the charts a day is its UTC midnight, in
+// seconds, formatted in UTC, so no browser time zone can shift a bar onto the wrong date.
 
-function barChart (points, label) {
-  const width = 600; const height = 160; const max = Math.max(1, ...points.map((p) => p.value))
-  const step = width / Math.max(1, points.length)
-  const bars = points.map((p, i) => {
-    const h = Math.round((p.value / max) * (height - 20))
-    return `<rect x="${i * step + 2}" y="${height - h}" width="${Math.max(2, step - 4)}"
-      height="${h}" fill="#2f7a3b"><title>${esc(p.day)}: ${esc(p.text)}</title></rect>`
-  }).join('')
-  return `<figure><figcaption>${esc(label)}</figcaption>
-    <svg class="chart" viewBox="0 0 ${width} ${height}" preserveAspectRatio="none">${bars}</svg></figure>`
+const DAY = 86400
+const MU_OFFSET_MS = 4 * 3600 * 1000 // Mauritius: UTC+4, no daylight saving
+const charts = []
+const dayShort = new Intl.DateTimeFormat('en-GB', { day: 'numeric', month: 'short', timeZone: 'UTC' })
+const dayLong = new Intl.DateTimeFormat('en-GB',
+  { weekday: 'short', day: 'numeric', month: 'short', year: 'numeric', timeZone: 'UTC' })
+const dayYear = new Intl.DateTimeFormat('en-GB',
+  { day: 'numeric', month: 'short', year: 'numeric', timeZone: 'UTC' })
+const wholeRupees = (rupees) => `Rs ${rupees.toLocaleString('en-MU', { maximumFractionDigits: 0 })}`
+const plural = (n, word) => `${n.toLocaleString('en-MU')} ${word}${n === 1 ? '' : 's'}`
+const dayStart = (day) => Date.UTC(+day.slice(0, 4), +day.slice(5, 7) - 1, +day.slice(8, 10)) / 1000
+const isoDay = (seconds) => new Date(seconds * 1000).toISOString().slice(0, 10)
+const todayInMauritius = () => new Date(Date.now() + MU_OFFSET_MS).toISOString().slice(0, 10)
+// Axis steps: days, weeks, months (ticks on whole days, Mondays, first of the month).
+const DAY_STEPS = [1, 2, 7, 14, 30, 91, 182, 365].map((n) => n * DAY)
+const COUNT_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
+const RUPEE_STEPS = COUNT_STEPS.concat([1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7, 5e7, 1e8])
+const AXIS_FONT = '12px system-ui, sans-serif'
+
+function destroyCharts () {
+  while (charts.length) charts.pop().destroy()
+}
+
+function daySplits (u, axis, min, max, step) {
+  const ticks = []
+  let t = Math.ceil(min / DAY) * DAY
+  if (step >= 30 * DAY) {
+    const months = Math.round(step / (30 * DAY))
+    const first = new Date(t * 1000)
+    const month = first.getUTCMonth() + (first.getUTCDate() > 1 ? 1 : 0)
+    for (let m = month; ; m += months) {
+      const tick = Date.UTC(first.getUTCFullYear(), m, 1) / 1000
+      if (tick > max) break
+      ticks.push(tick)
+    }
+    return ticks
+  }
+  if (step >= 7 * DAY) while (new Date(t * 1000).getUTCDay() !== 1) t += DAY
+  for (; t <= max; t += step) ticks.push(t)
+  return ticks
+}
+
+function dayLabels (u, ticks) {
+  // Over several years: the year on the first label and wherever it changes.
+  const year = (t) => new Date(t * 1000).getUTCFullYear()
+  const years = ticks.length > 0 && year(ticks[0]) !== year(ticks[ticks.length - 1])
+  return ticks.map((t, i) => years && (i === 0 || year(t) !== year(ticks[i - 1]))
+    ? dayYear.format(t * 1000) : dayShort.format(t * 1000))
+}
+
+function niceTop (max, steps) {
+  // The y axis ends on a round value above the tallest bar, at most five steps up.
+  const step = steps.find((s) => max / s <= 5) || steps[steps.length - 1]
+  return (Math.floor(max / step) + 1) * step
+}
+
+function tooltip (describe) {
+  let tip
+  return {
+    hooks: {
+      init (u) {
+        tip = document.createElement('div')
+        tip.className = 'chart-tip'
+        tip.hidden = true
+        u.over.appendChild(tip)
+      },
+      setSize () { tip.hidden = true }, // the bars moved: the next hover places it again
+      setCursor (u) {
+        const i = u.cursor.idx
+        if (i == null || u.cursor.left < 0) { tip.hidden = true; return }
+        const title = document.createElement('b')
+        title.textContent = dayLong.format(u.data[0][i] * 1000)
+        tip.replaceChildren(title, document.createElement('br'), describe(u.data[1][i]))
+        tip.hidden = false
+        const x = u.valToPos(u.data[0][i], 'x')
+        const y = u.valToPos(u.data[1][i], 'y')
+        const width = tip.offsetWidth
+        // Beside the bar, not over it: half a bar (70 % of a day, at most 48 px) and a gap.
+        const gap = Math.min(24, 0.35 * u.over.clientWidth / u.data[0].length) + 8
+        const left = x + gap + width > u.over.clientWidth ? x - gap - width : x + gap
+        tip.style.left = `${Math.max(0, left)}px`
+        const top = Math.min(y - tip.offsetHeight / 2, u.over.clientHeight - tip.offsetHeight)
+        tip.style.top = `${Math.max(0, top)}px`
+      }
+    }
+  }
+}
+
+function labelWidth (labels) {
+  // The y axis is as wide as its widest label (the top one), so "Rs 12,500" is never cut.
+  const context = document.createElement('canvas').getContext('2d')
+  context.font = AXIS_FONT
+  return Math.ceil(Math.max(...labels.map((label) => context.measureText(label).width)))
+}
+
+function dayChart (box, days, { range, name, color, value, steps, tick, describe, yAxisWidth }) {
+  const xs = days.map((d) => dayStart(d.day))
+  const ys = days.map(value)
+  // The days asked for, even where the server left out empty ones (ranges over a year).
+  const first = dayStart(range.from); const last = dayStart(range.to)
+  const font = AXIS_FONT
+  // The axes are drawn on the canvas; their labels are also kept on the box (data-x-labels,
+  // data-y-labels) so what the chart shows can be read without reading pixels.
+  const shown = (key, format) => (u, ticks) => {
+    const labels = format(u, ticks)
+    box.dataset[key] = labels.join('|')
+    return labels
+  }
+  const options = {
+    width: box.clientWidth,
+    height: 240,
+    legend: { show: false },
+    // Synced: hovering a day on one chart shows that day on the other too.
+    cursor: { y: false, points: { show: false }, drag: { x: false, y: false, setScale: false },
+      sync: { key: 'analytics-days' } },
+    scales: {
+      // Half a day either side: every bar sits whole over its date, and one day of data
+      // is one bar in the middle, not the full width.
+      x: { time: false, range: () => [first - DAY / 2, last + DAY / 2] },
+      y: { range: (u, min, max) => [0, niceTop(Math.max(max, 0), steps)] }
+    },
+    axes: [
+      { font, space: 56, incrs: DAY_STEPS, splits: daySplits, values: shown('xLabels', dayLabels),
+        grid: { show: false }, stroke: '#333', ticks: { stroke: '#ccc' } },
+      { font, space: 36, incrs: steps, values: shown('yLabels', (u, ticks) => ticks.map(tick)),
+        size: yAxisWidth + 14, stroke: '#333', grid: { stroke: '#ebebeb' }, ticks: { show: false } }
+    ],
+    series: [
+      {},
+      { label: name, fill: color, stroke: color, width: 0, points: { show: false },
+        paths: uPlot.paths.bars({ size: [0.7, 48] }) }
+    ],
+    plugins: [tooltip(describe)]
+  }
+  const chart = new uPlot(options, [xs, ys], box)
+  charts.push(chart)
+  return chart
+}
+
+function analyticsRange () {
+  const params = new URLSearchParams(location.hash.split('?')[1] || '')
+  const valid = (day) => /^\d{4}-\d{2}-\d{2}$/.test(day || '') && !Number.isNaN(dayStart(day))
+  const to = valid(params.get('to')) ? params.get('to') : todayInMauritius()
+  const from = valid(params.get('from')) ? params.get('from') : isoDay(dayStart(to) - 29 * DAY)
+  return { from, to, preset: !params.get('from') && !params.get('to') }
+}
+
+function emptyBox (message, detail = '') {
+  return `<div class="empty" role="status"><b>${esc(message)}</b>
+    ${detail ? `<span class="muted">${esc(detail)}</span>` : ''}</div>`
 }
 
 async function renderAnalytics () {
-  const data = await api('GET', '/api/admin/analytics')
+  const range = analyticsRange()
+  const since = dayStart(range.from) * 1000 - MU_OFFSET_MS // the start of Mauritius days
+  const until = (dayStart(range.to) + DAY) * 1000 - MU_OFFSET_MS
+  if (since >= until) return toast('The first day must not be after the last.')
+  const data = await api('GET', `/api/admin/analytics?from=${since}&to=${until}`)
   const days = data.orders_per_day
-  view.innerHTML = `<h1>Analytics <span class="muted">last 30 days</span></h1>
+  const orders = days.reduce((n, d) => n + d.orders, 0)
+  const revenue = days.reduce((n, d) => n + d.revenue, 0)
+  const period = dayYear.formatRange(dayStart(range.from) * 1000, dayStart(range.to) * 1000)
+  const none = (columns) => `<tr><td colspan="${columns}" class="muted">None in this period.</td></tr>`
+  destroyCharts()
+  view.innerHTML = `<h1>Analytics <span class="muted">${range.preset ? 'last 30 days, ' : ''}${esc(period)}</span></h1>
+    <form id="range" class="inline">
+      <label>From <input name="from" type="date" required value="${esc(range.from)}"></label>
+      <label>to <input name="to" type="date" required value="${esc(range.to)}"></label>
+      <button>Show</button> <a href="#/analytics">Last 30 days</a>
+    </form>
     <div class="cards">
-      <div class="card">Orders<b>${days.reduce((n, d) => n + d.orders, 0)}</b></div>
-      <div class="card">Revenue<b>${rupees(days.reduce((n, d) => n + d.revenue, 0))}</b></div>
+      <div class="card">Orders<b>${orders.toLocaleString('en-MU')}</b></div>
+      <div class="card">Revenue<b>${rupees(revenue)}</b></div>
       <div class="card">Approval rate<b>${data.approval_rate === null ? '–'
         : Math.round(data.approval_rate * 100) + ' %'}</b></div>
       <div class="card">Time to approve<b>${data.mean_time_to_approve_seconds === null ? '–'
         : Math.round(data.mean_time_to_approve_seconds / 60) + ' min'}</b></div>
       <div class="card">Active devices<b>${data.active_devices}</b></div>
     </div>
-    ${barChart(days.map((d) => ({ day: d.day, value: d.orders, text: `${d.orders} orders` })), 'Orders per day')}
-    ${barChart(days.map((d) => ({ day: d.day, value: d.revenue, text: rupees(d.revenue) })), 'Revenue per day')}
+    ${orders === 0 ? emptyBox('No orders in this period.', period) : `
+    <figure class="chart" id="orders-chart"><figcaption>Orders per day
+      <span class="muted">all orders placed, whatever became of them</span></figcaption>
+      <div class="plot"></div></figure>
+    <figure class="chart" id="revenue-chart"><figcaption>Revenue per day (Rs)
+      <span class="muted">approved, paid and completed orders</span></figcaption>
+      ${revenue === 0 ? emptyBox('No revenue in this period.',
+        `Its ${plural(orders, 'order')} ${orders === 1 ? 'is' : 'are'} pending, rejected or cancelled.`)
+        : '<div class="plot"></div>'}</figure>
+    <details><summary>Orders and revenue as a table</summary>
+      <table id="per-day"><thead><tr><th>Day</th><th>Orders</th><th>Revenue</th></tr></thead><tbody>
+      ${days.map((d) => `<tr><td>${esc(dayLong.format(dayStart(d.day) * 1000))}</td><td>${d.orders}</td>
+        <td>${rupees(d.revenue)}</td></tr>`).join('')}</tbody></table></details>`}
     <h2>Top listings</h2><table><tr><th>Listing</th><th>Quantity</th><th>Revenue</th></tr>
     ${data.top_listings.map((t) => `<tr><td>${esc(t.title)}</td><td>${t.quantity}</td>
-      <td>${rupees(t.revenue)}</td></tr>`).join('')}</table>
+      <td>${rupees(t.revenue)}</td></tr>`).join('') || none(3)}</table>
     <h2>Interest → purchase</h2><table><tr><th>Listing</th><th>Interested</th><th>Bought</th>
     <th>Rate</th></tr>${data.interest_conversion.map((c) => `<tr><td>${esc(c.title)}</td>
-      <td>${c.interested}</td><td>${c.purchased}</td><td>${Math.round(c.rate * 100)} %</td></tr>`).join('')}</table>
-    <h2>Searches with no results</h2><ul>${data.searches_without_results.map((s) =>
-      `<li>${esc(s.query)} (${s.searches})</li>`).join('')}</ul>`
+      <td>${c.interested}</td><td>${c.purchased}</td><td>${Math.round(c.rate * 100)} %</td></tr>`).join('') ||
+      none(4)}</table>
+    <h2>Searches with no results</h2>${data.searches_without_results.length
+      ? `<ul>${data.searches_without_results.map((s) => `<li>${esc(s.query)} (${s.searches})</li>`).join('')}</ul>`
+      : '<p class="muted">None in this period.</p>'}`
+  document.getElementById('range').onsubmit = (event) => {
+    event.preventDefault()
+    const form = new FormData(event.target)
+    if (form.get('from') > form.get('to')) return toast('The first day must not be after the last.')
+    location.hash = `#/analytics?from=${form.get('from')}&to=${form.get('to')}`
+  }
+  if (orders === 0) return
+  const countTop = niceTop(Math.max(...days.map((d) => d.orders)), COUNT_STEPS)
+  const rupeeTop = niceTop(Math.max(...days.map((d) => d.revenue / 100)), RUPEE_STEPS)
+  // One y axis width for both charts (the widest top label), so their days line up.
+  const yAxisWidth = labelWidth([countTop.toLocaleString('en-MU'), wholeRupees(rupeeTop)])
+  dayChart(view.querySelector('#orders-chart .plot'), days, {
+    range,
+    yAxisWidth,
+    name: 'Orders',
+    color: '#2f7a3b',
+    value: (d) => d.orders,
+    steps: COUNT_STEPS,
+    tick: (n) => n.toLocaleString('en-MU'),
+    describe: (n) => plural(n, 'order')
+  })
+  const revenueBox = view.querySelector('#revenue-chart .plot')
+  if (revenueBox) {
+    dayChart(revenueBox, days, {
+      range,
+      yAxisWidth,
+      name: 'Revenue',
+      color: '#8a5a12',
+      value: (d) => d.revenue / 100,
+      steps: RUPEE_STEPS,
+      tick: wholeRupees,
+      describe: (r) => rupees(Math.round(r * 100))
+    })
+  }
 }
+
+window.addEventListener('resize', () => {
+  for (const chart of charts) {
+    if (!chart.root.isConnected) continue // signed out: gone until the next page
+    const width = chart.root.parentNode.clientWidth
+    if (width !== chart.width) chart.setSize({ width, height: chart.height })
+  }
+})
 
 // ---- routing -------------------------------------------------------------------------------
 
 async function route () {
   if (!state.token) return
   const page = location.hash.split('?')[0]
+  destroyCharts()
   try {
     if (page === '#/listings') await renderListings()
     else if (page === '#/audit') await renderAudit()
@@ -329,5 +542,7 @@ document.getElementById('sign-out').onclick = async () => {
 }
 window.addEventListener('hashchange', route)
 
-// A reload keeps the session: the HttpOnly cookie gets a fresh access token.
-session('/admin/session/refresh').then((data) => data ? start() : showLogin())
+// A reload keeps the session: the HttpOnly cookie gets a fresh access token. Without the
+// CSRF cookie that comes with it there is no session to refresh (and no 403 to ask for).
+if (csrf()) session('/admin/session/refresh').then((data) => data ? start() : showLogin())
+else showLogin()
