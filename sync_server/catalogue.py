@@ -57,8 +57,10 @@ REBUILD_BURST = 4
 # this many bytes in all.
 MAX_SUPERSEDED_BYTES = 32 * 1024 * 1024
 # How long a request waits for a check of the catalogue or a compression of its newest version
-# when an older version can answer it at once.
-WAIT_FOR_NEW_SECONDS = 0.25
+# when an older version can answer it at once: twice what the last one took, at least a
+# quarter of a second, at most two (a catalogue of thousands of listings takes over a second
+# at brotli 11; a database that hangs takes forever).
+WAIT_FOR_NEW_SECONDS = (0.25, 2.0)
 # A new version no sooner after the last than this many times what compressing one took.
 COMPRESSION_SHARE = 10
 
@@ -130,6 +132,11 @@ class Version:
         )
 
 
+def _patience(taken: float) -> float:
+    shortest, longest = WAIT_FOR_NEW_SECONDS
+    return min(longest, max(shortest, 2 * taken))
+
+
 class CatalogueSnapshots:
     def __init__(
         self,
@@ -158,7 +165,8 @@ class CatalogueSnapshots:
         self._refreshing: asyncio.Task[None] | None = None
         self._rebuild_tokens = float(REBUILD_BURST)
         self._tokens_at = clock()
-        self._compression_seconds = 0.0  # the longest compression of the newest versions
+        self._compression_seconds = 0.0  # what compressing the newest version took
+        self._refresh_seconds_taken = 0.0  # what the last check (and build) of it took
         self.builds = 0  # versions read from the database (metrics)
         self.compressions = 0
 
@@ -188,7 +196,9 @@ class CatalogueSnapshots:
         if fallback is None:
             return await asyncio.shield(compressing)
         try:
-            return await asyncio.wait_for(asyncio.shield(compressing), WAIT_FOR_NEW_SECONDS)
+            return await asyncio.wait_for(
+                asyncio.shield(compressing), _patience(self._compression_seconds)
+            )
         except TimeoutError:
             return fallback
 
@@ -206,7 +216,7 @@ class CatalogueSnapshots:
             await asyncio.shield(task)
             return
         with contextlib.suppress(TimeoutError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), WAIT_FOR_NEW_SECONDS)
+            await asyncio.wait_for(asyncio.shield(task), _patience(self._refresh_seconds_taken))
 
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         self._refreshing = None
@@ -233,13 +243,20 @@ class CatalogueSnapshots:
         """Check where the catalogue stands; build a new version when it moved. Runs once at
         a time (`_refresh_once`)."""
         now = self.clock()
+        started = time.perf_counter()
+        try:
+            await self._check_and_build(now)
+        finally:
+            self._refresh_seconds_taken = time.perf_counter() - started
+
+    async def _check_and_build(self, now: float) -> None:
         async with self.db.read() as conn:
             seen = await catalogue_position(conn)
         current = self._current
         if current is not None and seen.position <= current.position:
             self._checked(now, seen.head)
             return
-        if current is not None and not self._may_rebuild(now, current):
+        if current is not None and not self._may_rebuild(now):
             # The current version stays a valid start; look again after the interval.
             self._checked(now, seen.head)
             return
@@ -268,14 +285,14 @@ class CatalogueSnapshots:
         )
         return version
 
-    def _may_rebuild(self, now: float, current: Version) -> bool:
-        """A token bucket — REBUILD_BURST at once, then one per refresh interval — and never
-        sooner after the last build than COMPRESSION_SHARE times what compressing a version
-        took: a catalogue that takes a second to compress at brotli 11 gets a new version at
-        most every ten seconds while every purchase moves a stock."""
-        if now - current.built_at < COMPRESSION_SHARE * self._compression_seconds:
-            return False
-        rate = 1.0 / self.refresh_seconds if self.refresh_seconds > 0 else float("inf")
+    def _may_rebuild(self, now: float) -> bool:
+        """A token bucket: REBUILD_BURST at once (a few edits in a row each get their version),
+        then one per refresh interval, or per COMPRESSION_SHARE times what compressing a
+        version took if that is longer: a catalogue that takes a second to compress at
+        brotli 11 gets a new version at most every ten seconds while every purchase moves a
+        stock."""
+        interval = max(self.refresh_seconds, COMPRESSION_SHARE * self._compression_seconds)
+        rate = 1.0 / interval if interval > 0 else float("inf")
         self._rebuild_tokens = min(
             REBUILD_BURST, self._rebuild_tokens + (now - self._tokens_at) * rate
         )
