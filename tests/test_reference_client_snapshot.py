@@ -124,10 +124,12 @@ def test_a_download_cut_mid_body_resumes_with_only_the_rest(
     assert len(sleeps) == 1  # one short back-off after the drop
 
     # Then one pull from the snapshot's position, authenticated; afterwards, by cursor.
-    first_pull, later = proxy.to(PULL_PATH)
+    # (More than one page when the catalogue moved after the document the server held.)
+    first_pull, *later = proxy.to(PULL_PATH)
     assert "snapshot=" in first_pull.target and "cursor=" not in first_pull.target
     assert first_pull.request_headers["authorization"].startswith("Bearer ")
-    assert "cursor=" in later.target and later.status == 304
+    assert later and all("cursor=" in pull.target for pull in later)
+    assert later[-1].status == 304
 
 
 def test_changes_after_the_snapshot_reach_the_replica_through_its_first_pull(
