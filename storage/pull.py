@@ -127,6 +127,16 @@ async def pull_page(
     )
 
 
+async def changed_after(conn: AsyncConnection, scopes: tuple[str, ...], position: int) -> bool:
+    """Whether any of `scopes` has a change log entry after `position` (one indexed probe)."""
+    found = await conn.execute(
+        select(ChangeLogEntry.position)
+        .where(ChangeLogEntry.scope.in_(scopes), ChangeLogEntry.position > position)
+        .limit(1)
+    )
+    return found.first() is not None
+
+
 def catalogue_start(position: int, *, with_listings: bool) -> SnapshotCursor:
     """A first sync for a device that holds the catalogue snapshot (v1.1) at `position`: the
     other tables now, then the log after `position` — the listing changes it lacks, and

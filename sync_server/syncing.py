@@ -7,7 +7,14 @@ from dataclasses import replace
 from typing import Any
 
 from protocol.cursor import CursorState, ForeignCursor, LogCursor, SnapshotCursor
-from storage.pull import CursorExpired, PullPage, TableChanges, catalogue_start, pull_page
+from storage.pull import (
+    CursorExpired,
+    PullPage,
+    TableChanges,
+    catalogue_start,
+    changed_after,
+    pull_page,
+)
 from storage.scopes import Principal
 from sync_server.pages import EncodedPage, SharedAnswer
 from sync_server.services import Services
@@ -198,7 +205,8 @@ async def shared_snapshot_page(
     try:
         if state.table_index > 0:
             own = await own_rows_page(services, principal, state, limit, max_bytes)
-            return SharedAnswer(own, {}, own.page.more, own.page.next_state)
+            more = await more_now(services, principal, own.page)
+            return SharedAnswer(own, {}, more, own.page.next_state)
         catalogue = await catalogue_page(services, principal, state, limit, max_bytes)
         page = catalogue.page
         following = page.next_state
@@ -217,7 +225,27 @@ async def shared_snapshot_page(
         # They would follow the shared bytes uncompressed (see sync_server.pages): a page of
         # their own, compressed on its own, costs the phone less.
         return SharedAnswer(catalogue, {}, True, following)
-    return SharedAnswer(catalogue, own.page.changes, own.page.more, own.page.next_state)
+    more = await more_now(services, principal, own.page)
+    return SharedAnswer(catalogue, own.page.changes, more, own.page.next_state)
+
+
+async def more_now(services: Services, principal: Principal, page: PullPage) -> bool:
+    """Whether a page of a user's own rows is followed by more. A page that ends the snapshot
+    (its cursor is the log position the snapshot started from) said so when it was built, and
+    it is shared by the user's devices for a while: a change committed since must not be
+    answered with `more: false` (the device would take itself for complete without it). So
+    that end is looked up again now: in the tail when it covers the position, else in the
+    log."""
+    following = page.next_state
+    if not isinstance(following, LogCursor) or page.more:
+        return page.more
+    tail = services.live.tail
+    if tail.covers(following.position):
+        await wait_for_tail(services, principal)
+        if tail.covers(following.position):
+            return any(tail.has_after(scope, following.position) for scope in principal.scopes)
+    async with services.db.read() as conn:
+        return await changed_after(conn, principal.scopes, following.position)
 
 
 async def catalogue_page(

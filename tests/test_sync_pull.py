@@ -392,3 +392,16 @@ def test_the_pull_lane_answers_as_the_whole_stack_does(
     assert crashed.status_code == 500 and crashed.json()["error"]["code"] == "internal_error"
     assert crashed.headers["x-request-id"]  # the edge still wrapped it
     assert any("unhandled error" in r.getMessage() for r in caplog.records)
+
+
+def test_a_first_sync_shared_by_a_users_devices_still_ends_with_what_came_after(
+    admin: Api, buyer: Api
+) -> None:
+    """Devices of one user starting a first sync within seconds share its pages (same start
+    position). The last one said `more: false` when it was built; a change committed since
+    must still reach a device that reads that page later, before it is told it is complete."""
+    _, first_device = buyer.pull_all()
+    added = admin.create_listing(title="Songe de Chamarel")
+    _, second_device = buyer.pull_all()  # the same user, seconds later: the same start
+    assert added["id"] in build(second_device)["listings"]
+    assert added["id"] not in build(first_device).get("listings", {})
