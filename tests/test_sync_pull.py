@@ -236,7 +236,9 @@ def test_compressed_pull_is_smaller(buyer: Api) -> None:
     )
     packed = buyer.get("/api/sync/pull", params={"limit": 50}, headers={"accept-encoding": "br"})
     assert packed.headers.get("content-encoding") == "br"
-    assert packed.json() == plain.json()
+    # The same page; the cursors may name different starts (first syncs begun a few seconds
+    # apart start at different positions: LiveHub.snapshot_origin).
+    assert {**packed.json(), "cursor": ""} == {**plain.json(), "cursor": ""}
     assert int(packed.headers["content-length"]) < len(plain.content) / 2
 
 
