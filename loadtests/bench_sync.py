@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtests.seeding import Target, create_admin, with_changelog  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
+from storage.synced import LISTING_WIRE  # noqa: E402
 from tests.support import services as real  # noqa: E402
 from tests.support.live_server import free_port  # noqa: E402
 from tests.support.processes import start_server  # noqa: E402
@@ -181,20 +182,6 @@ SEARCHES = [
     "ananas",
     "thym",
 ]
-
-
-LISTING_WIRE = (
-    "id",
-    "title",
-    "description",
-    "price",
-    "unit",
-    "stock",
-    "category",
-    "images",
-    "status",
-    "updated_at",
-)
 
 
 def information_floor(rows: list[dict[str, Any]]) -> int:

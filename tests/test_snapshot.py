@@ -19,8 +19,6 @@ import httpx
 import orjson
 import pytest
 
-from storage.changelog import prune
-from storage.db import Database
 from sync_server.app import create_app
 from sync_server.catalogue import CatalogueSnapshots
 from tests.conftest import ADMIN_PASSWORD, Backend
@@ -29,7 +27,7 @@ from tests.support.live_server import run_in_server, serve_in_thread
 from tests.support.processes import server_processes
 from tests.support.racing import at_once
 from tests.support.replica import Replica, build, without_empty
-from tests.test_sync_pull import wait_until_pruned_in_tail
+from tests.test_sync_pull import prune_everything, wait_until_pruned_in_tail
 
 SNAPSHOT = "/api/sync/snapshot"
 LISTING_FIELDS = {
@@ -55,6 +53,16 @@ def fresh(backend: Backend) -> Iterator[str]:
     settings = backend.settings(SNAPSHOT_REFRESH_SECONDS="0", ADMISSION_LOOP_LAG_MS="5000")
     with serve_in_thread(create_app(settings)) as base_url:
         yield base_url
+
+
+def own_snapshots(app: Any, **options: Any) -> CatalogueSnapshots:
+    """A CatalogueSnapshots of the test's own on a running server's database and feed: no
+    Redis, a look at the catalogue on every request, unless `options` say otherwise."""
+    services = app.state.services
+    settings: dict[str, Any] = {"shared": None, "refresh_seconds": 0, "grace_seconds": 600}
+    return CatalogueSnapshots(
+        services.db, services.feed, services.cursors, **{**settings, **options}
+    )
 
 
 def fetch(base_url: str, **headers: str) -> httpx.Response:
@@ -319,14 +327,7 @@ def test_an_expired_position_gets_a_reset_snapshot(
     for n in range(2):
         admin.create_listing(title=f"Chouchou {n}")
 
-    async def prune_everything() -> int:
-        db = Database(backend.env["DATABASE_URL"])
-        try:
-            return await prune(db, retention_ms=-60_000)
-        finally:
-            await db.dispose()
-
-    assert asyncio.run(prune_everything()) > 0
+    assert prune_everything(backend.env["DATABASE_URL"]) > 0
     wait_until_pruned_in_tail(buyer.base_url)
     page = buyer.get(
         "/api/sync/pull", params={"snapshot": document["position"], "limit": 1000}
@@ -354,16 +355,7 @@ def test_a_new_version_is_built_at_most_a_burst_then_once_per_interval(
     now = [1000.0]
 
     def make(app: Any) -> CatalogueSnapshots:
-        services = app.state.services
-        return CatalogueSnapshots(
-            services.db,
-            services.feed,
-            services.cursors,
-            shared=None,
-            refresh_seconds=1.0,
-            grace_seconds=600,
-            clock=lambda: now[0],
-        )
+        return own_snapshots(app, refresh_seconds=1.0, clock=lambda: now[0])
 
     async def build_one(app: Any) -> CatalogueSnapshots:
         return make(app)
@@ -451,17 +443,8 @@ def test_replaced_versions_kept_for_resumes_are_bounded(fresh: str, admin: Api) 
     now = [1000.0]  # a second between changes: no rebuild is held back for its cost
 
     async def make(app: Any) -> CatalogueSnapshots:
-        services = app.state.services
-        return CatalogueSnapshots(
-            services.db,
-            services.feed,
-            services.cursors,
-            shared=None,
-            refresh_seconds=0,
-            grace_seconds=600,
-            keep_bytes=4 * document_bytes,  # about three replaced versions
-            clock=lambda: now[0],
-        )
+        # About three replaced versions.
+        return own_snapshots(app, keep_bytes=4 * document_bytes, clock=lambda: now[0])
 
     snapshots = run_in_server(fresh, make)
 
@@ -551,25 +534,9 @@ def test_a_replaced_version_resumes_on_an_instance_that_never_built_it(
 
 def test_a_request_whose_first_asker_went_away_still_gets_its_answer(fresh: str) -> None:
     async def scenario(app: Any) -> list[str]:
-        services = app.state.services
-        snapshots = CatalogueSnapshots(
-            services.db,
-            services.feed,
-            services.cursors,
-            shared=None,
-            refresh_seconds=0,
-            grace_seconds=600,
-        )
         outcomes = []
         for pause in (0.0, 0.01, 0.03, 0.06):
-            snapshots = CatalogueSnapshots(
-                services.db,
-                services.feed,
-                services.cursors,
-                shared=None,
-                refresh_seconds=0,
-                grace_seconds=600,
-            )
+            snapshots = own_snapshots(app)
             first = asyncio.create_task(snapshots.current("br"))
             await asyncio.sleep(pause)
             second = asyncio.create_task(snapshots.current("br"))
@@ -593,15 +560,7 @@ def test_a_held_version_is_served_while_the_database_hangs(fresh: str) -> None:
             yield
 
     async def scenario(app: Any) -> tuple[str, str, float]:
-        services = app.state.services
-        snapshots = CatalogueSnapshots(
-            services.db,
-            services.feed,
-            services.cursors,
-            shared=None,
-            refresh_seconds=0,
-            grace_seconds=600,
-        )
+        snapshots = own_snapshots(app)
         held = await snapshots.current("gzip")
         snapshots.db = Hanging()  # type: ignore[assignment]
         started = time.monotonic()

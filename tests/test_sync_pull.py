@@ -179,6 +179,19 @@ def test_an_empty_pull_keeps_the_cursor(buyer: Api) -> None:
     assert page == {"cursor": cursor, "more": False, "reset": False, "changes": {}}
 
 
+def prune_everything(database_url: str) -> int:
+    """Prune the whole change log (but its newest entry), as if every entry had aged out."""
+
+    async def run() -> int:
+        db = Database(database_url)
+        try:
+            return await prune(db, retention_ms=-60_000)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
 def wait_until_pruned_in_tail(base_url: str) -> None:
     async def floors(app: Any) -> tuple[int | None, int]:
         services = app.state.services
@@ -201,14 +214,7 @@ def test_a_cursor_older_than_the_retention_window_gets_a_reset(
     for n in range(3):
         admin.create_listing(title=f"Goyave de Chine {n}")
 
-    async def prune_everything() -> int:
-        db = Database(backend.env["DATABASE_URL"])
-        try:
-            return await prune(db, retention_ms=-60_000)
-        finally:
-            await db.dispose()
-
-    assert asyncio.run(prune_everything()) > 0
+    assert prune_everything(backend.env["DATABASE_URL"]) > 0
     # The server's shared tail learns the new floor with its next read of the log (at most
     # the hub's poll interval later); until then it could still answer the old cursor exactly.
     wait_until_pruned_in_tail(buyer.base_url)
