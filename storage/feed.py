@@ -63,6 +63,9 @@ class ChangeFeed:
         # Shorter than the shared TTL: this copy depends on pub/sub delivery as well.
         self.local = LocalHeads(ttl_seconds=min(5.0, head_ttl))
         self.listeners: list[Listener] = []
+        # Called when announcements may have been missed (pub/sub reconnected: a Redis
+        # restart or failover), for caches that a lost announcement would leave stale.
+        self.resync_listeners: list[Callable[[], Awaitable[object]]] = []
 
     async def announce(self, heads: dict[str, int], tables: set[str]) -> None:
         for scope, position in heads.items():
@@ -94,6 +97,16 @@ class ChangeFeed:
             result.append(head)
         return result
 
+    async def newest(self, scopes: Sequence[str]) -> int:
+        """The newest position announced in any of `scopes` (0: none known). Asks the shared
+        cache even when this process has fresh values: a commit on another instance may not
+        have reached us through pub/sub yet, and the caller must not miss it (a read that has
+        to include the user's own write). Raises when the shared cache is unreachable."""
+        values = await self.cache.get_many([f"head:{scope}" for scope in scopes])
+        known = [int(value) for value in values if value is not None]
+        known += [head for head in map(self.local.get, scopes) if head is not None]
+        return max(known, default=0)
+
     async def remember_head(self, scope: str, position: int) -> None:
         self.local.raise_to(scope, position)
         await self.cache.set_max(f"head:{scope}", position, self.head_ttl)
@@ -105,6 +118,11 @@ class ChangeFeed:
                 if message == RESYNC:
                     # We may have missed announcements: forget, and ask the cache again.
                     self.local.clear()
+                    for resync_listener in self.resync_listeners:
+                        try:
+                            await resync_listener()
+                        except Exception:
+                            log.exception("resync listener failed")
                     continue
                 try:
                     for scope, position in orjson.loads(message).items():

@@ -15,24 +15,27 @@ from storage.changelog import ChangeLog
 from storage.db import Database
 from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, RedisPubSub
+from storage.redis_client import RedisTarget
 
 
 @contextlib.asynccontextmanager
 async def open_changelog(
     database_url: str,
-    redis_url: str | None = None,
+    redis: RedisTarget | str | None = None,
     *,
     redis_prefix: str = "fr:",
     head_cache_seconds: int = 30,
 ) -> AsyncIterator[ChangeLog]:
-    """A `ChangeLog` on its own small pool (and Redis client), closed on the way out."""
+    """A `ChangeLog` on its own small pool (and Redis client), closed on the way out.
+    `redis`: a URL, or where the servers' Redis is (Sentinel included)."""
     db = Database(database_url, pool_size=2)
-    redis: Redis | None = None
-    if redis_url:
-        redis = Redis.from_url(redis_url)
+    target = RedisTarget(url=redis) if isinstance(redis, str) else redis
+    client: Redis | None = None
+    if target is not None and target.configured:
+        client = target.connect()
         feed = ChangeFeed(
-            RedisCache(redis, redis_prefix),
-            RedisPubSub(redis, redis_prefix, channels=(CHANGES_CHANNEL,)),
+            RedisCache(client, redis_prefix),
+            RedisPubSub(client, redis_prefix, channels=(CHANGES_CHANNEL,)),
             head_cache_seconds,
         )
     else:
@@ -40,6 +43,6 @@ async def open_changelog(
     try:
         yield ChangeLog(db, feed)
     finally:
-        if redis is not None:
-            await redis.aclose()
+        if client is not None:
+            await client.aclose()
         await db.dispose()

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +39,7 @@ from sqlalchemy import insert, select, update
 from protocol.errors import InvalidToken
 from storage.db import Database, now_ms
 from storage.models import RefreshToken
+from storage.redis_client import confirm_replicated
 
 
 @dataclass(frozen=True)
@@ -206,16 +209,39 @@ return {'ok', fields[1], fields[2]}
 class RedisTokenStore:
     """Same contract as DatabaseTokenStore; the spend check is one atomic Lua script. A revoked
     family is a marker key checked by that script, so a successor issued for a family being
-    revoked at the same moment is dead too."""
+    revoked at the same moment is dead too.
+
+    `replicated` (Redis behind Sentinel): each change is confirmed on a replica before it is
+    answered (`storage.redis_client.confirm_replicated`), so a failover right after a
+    refresh does not bring the spent token back and lose its successor, and a sign-out is
+    not undone."""
 
     def __init__(
-        self, client: Redis, prefix: str, lifetime_seconds: int, reuse_grace_seconds: int = 0
+        self,
+        client: Redis,
+        prefix: str,
+        lifetime_seconds: int,
+        reuse_grace_seconds: int = 0,
+        *,
+        replicated: bool = False,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._lifetime = lifetime_seconds
         self._grace_ms = reuse_grace_seconds * 1000
         self._rotate = client.register_script(_ROTATE)
+        self._replicated = replicated
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[Redis]:
+        """The client to write with: one connection, confirmed on a replica at the end (WAIT
+        covers the writes of the connection it is sent on), when replicated."""
+        if not self._replicated:
+            yield self._redis
+            return
+        async with self._redis.client() as single:
+            yield single
+            await confirm_replicated(single)
 
     def _token_key(self, token_id: str) -> str:
         return f"{self._prefix}rt:{token_id}"
@@ -227,9 +253,13 @@ class RedisTokenStore:
         return f"{self._prefix}rtu:{user_id}"
 
     async def issue(self, user_id: str, family_id: str | None = None) -> str:
+        async with self._writing() as client:
+            return await self._issue(client, user_id, family_id)
+
+    async def _issue(self, client: Redis, user_id: str, family_id: str | None) -> str:
         family_id = family_id or secrets.token_hex(16)
         token_id, secret, token = _new_token()
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self._token_key(token_id),
                 mapping={"user": user_id, "family": family_id, "hash": _digest(secret)},
@@ -242,19 +272,22 @@ class RedisTokenStore:
 
     async def rotate(self, token: str) -> Rotation:
         token_id, secret = _split(token)
-        answer = await self._rotate(
-            keys=[self._token_key(token_id)],
-            args=[_digest(secret), f"{self._prefix}rtf:", self._lifetime, self._grace_ms],
-        )
-        status = _text(answer[0])
-        if status == "reused":
-            raise InvalidToken(
-                "This refresh token was already used; sign in again.", code="refresh_token_reused"
+        async with self._writing() as client:
+            answer = await self._rotate(
+                keys=[self._token_key(token_id)],
+                args=[_digest(secret), f"{self._prefix}rtf:", self._lifetime, self._grace_ms],
+                client=client,
             )
-        if status not in ("ok", "grace"):
-            raise InvalidToken("The refresh token is invalid or expired.")
-        user_id, family_id = (_text(value) for value in answer[1:3])
-        return Rotation(user_id, await self.issue(user_id, family_id))
+            status = _text(answer[0])
+            if status == "reused":
+                raise InvalidToken(
+                    "This refresh token was already used; sign in again.",
+                    code="refresh_token_reused",
+                )
+            if status not in ("ok", "grace"):
+                raise InvalidToken("The refresh token is invalid or expired.")
+            user_id, family_id = (_text(value) for value in answer[1:3])
+            return Rotation(user_id, await self._issue(client, user_id, family_id))
 
     async def revoke(self, token: str) -> None:
         token_id, secret = _split(token)
@@ -264,12 +297,13 @@ class RedisTokenStore:
         )
         if not family or digest != _digest(secret):
             raise InvalidToken("The refresh token is invalid.")
-        await self._redis.set(self._family_key(family), "1", ex=self._lifetime)
+        async with self._writing() as client:
+            await client.set(self._family_key(family), "1", ex=self._lifetime)
 
     async def revoke_user(self, user_id: str) -> None:
         families = await self._redis.smembers(self._user_key(user_id))
         if families:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._writing() as client, client.pipeline(transaction=True) as pipe:
                 for family in families:
                     pipe.set(self._family_key(_text(family)), "1", ex=self._lifetime)
                 await pipe.execute()

@@ -29,7 +29,12 @@ from storage.migrate import pending_message
 from storage.outbox import stats as outbox_stats
 from storage.pull import log_head
 from sync_server.channels import build_channels
-from sync_server.errors import crash_response, error_response
+from sync_server.errors import (
+    DEPENDENCY_ERRORS,
+    crash_response,
+    dependency_response,
+    error_response,
+)
 from sync_server.http import json_response
 from sync_server.live.hub import LiveHub
 from sync_server.metrics import GcPauses, Metrics
@@ -111,6 +116,10 @@ async def on_crash(request: Request, error: Exception) -> Response:
     return crash_response(request.url.path)
 
 
+async def on_dependency_error(request: Request, error: Exception) -> Response:
+    return dependency_response(error, request.url.path)
+
+
 async def refresh_gauges(services: Services, metrics: Metrics, edge: EdgeAdmission) -> None:
     gate = services.db.gate
     for priority in Priority:
@@ -130,6 +139,7 @@ async def refresh_gauges(services: Services, metrics: Metrics, edge: EdgeAdmissi
     metrics.snapshot_work.labels("compressed").set(services.catalogue.compressions)
     async with services.db.read() as conn:
         metrics.changelog_head.set(await log_head(conn))
+    metrics.observe_reads(services.reads)
 
 
 async def _wake(worker: OutboxWorker) -> None:
@@ -169,24 +179,32 @@ def create_app(settings: Settings) -> Starlette:
             app.state.services = services
             app.state.metrics = app_metrics
             app_metrics.refresh = lambda: refresh_gauges(services, app_metrics, edge_admission)
-            services.db.gate.configure(
-                low_wait=settings.admission_low_priority_wait_ms / 1000,
-                wait=settings.admission_wait_ms / 1000,
-                on_shed=lambda priority: app_metrics.count_shed("database", PRIORITY[priority]),
-                on_wait=lambda priority, seconds: app_metrics.observe_wait(
-                    PRIORITY[priority], seconds
-                ),
-            )
+            for database in services.reads.databases:  # the primary, then each replica
+                database.gate.configure(
+                    low_wait=settings.admission_low_priority_wait_ms / 1000,
+                    wait=settings.admission_wait_ms / 1000,
+                    on_shed=lambda priority: app_metrics.count_shed("database", PRIORITY[priority]),
+                    on_wait=lambda priority, seconds: app_metrics.observe_wait(
+                        PRIORITY[priority], seconds
+                    ),
+                )
 
             async def refresh_listing_caches(_heads: dict[str, int], tables: set[str]) -> None:
                 if "listings" in tables:
                     await listings.bump_listings_generation(services)
 
             services.feed.listeners.append(refresh_listing_caches)
+            # A listing change whose bump was lost with Redis (an outage, a failover that
+            # lost the last writes) would leave the listing pages cached for
+            # LISTINGS_CACHE_SECONDS: a new generation once Redis is back.
+            services.feed.resync_listeners.append(
+                lambda: listings.bump_listings_generation(services)
+            )
             async with anyio.create_task_group() as background:
                 background.start_soon(prune_periodically, services.db, settings)
                 background.start_soon(services.feed.follow)
                 background.start_soon(services.live.run)
+                background.start_soon(services.reads.watch)
                 if services.analytics is not None:
                     background.start_soon(services.analytics.run_periodic_flush, 5.0)
                 if settings.runs_outbox_worker:
@@ -303,6 +321,9 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             FreshRootsError: on_error,
             HTTPException: on_http_error,
+            # Handled where FreshRootsError is (not as a crash, which Starlette re-raises and
+            # uvicorn answers by closing the connection): a phone keeps its connection.
+            **dict.fromkeys(DEPENDENCY_ERRORS, on_dependency_error),
             Exception: on_crash,
         },
         lifespan=lifespan,

@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    if args.workers > 1 and not settings.redis_url:
+    if args.workers > 1 and not settings.uses_redis:
         # Each worker would keep its own heads and pub/sub: pulls and sockets on one worker
         # would not hear of commits made through another until caches expire.
         print(
@@ -55,10 +55,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     configure_logging(settings.log_level)
+    database = "embedded SQLite" if settings.is_sqlite else "PostgreSQL"
+    if settings.database_replica_urls:
+        database += f" with {len(settings.database_replica_urls)} read replica(s)"
+    cache = ", in-process cache"
+    if settings.uses_redis:
+        cache = f" + {settings.redis_target.describe()}"
     print(
-        f"Fresh Roots serving on http://{args.host}:{args.port} "
-        f"({'embedded SQLite' if settings.is_sqlite else 'PostgreSQL'}"
-        f"{' + Redis' if settings.redis_url else ', in-process cache'})",
+        f"Fresh Roots serving on http://{args.host}:{args.port} ({database}{cache})",
         file=sys.stderr,
     )
     uvicorn.run(
@@ -102,7 +106,7 @@ async def _with_changelog(settings: Settings, work: Callable[[ChangeLog], Awaita
 
     async with open_changelog(
         settings.database_url,
-        settings.redis_url,
+        settings.redis_target,
         redis_prefix=settings.redis_prefix,
         head_cache_seconds=settings.head_cache_seconds,
     ) as changelog:

@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from storage.replicas import ReadRouter
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -106,6 +108,26 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.db_reads = Gauge(
+            "freshroots_db_reads",
+            "Read-only work routed since start, by where it ran: on a replica, or on the "
+            "primary and why (no replica in rotation, the replica behind the position the read "
+            "needed, the replica failed or busy, the caller needed the primary).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.replica_in_rotation = Gauge(
+            "freshroots_db_replica_in_rotation",
+            "1 while a read replica takes reads, 0 while it is out (down or lagging).",
+            ["replica"],
+            registry=self.registry,
+        )
+        self.replica_lag = Gauge(
+            "freshroots_db_replica_lag_seconds",
+            "How long ago the primary first held a change the replica still lacked.",
+            ["replica"],
+            registry=self.registry,
+        )
         # Children made once: shedding happens under overload, when every microsecond counts.
         self._shed_children = {
             (where, priority): self.shed.labels(where, priority)
@@ -137,6 +159,13 @@ class Metrics:
 
     def observe_wait(self, priority: str, seconds: float) -> None:
         self._wait_children[priority].observe(seconds)
+
+    def observe_reads(self, reads: ReadRouter) -> None:
+        for outcome, count in reads.counts.items():
+            self.db_reads.labels(outcome).set(count)
+        for replica in reads.replicas:
+            self.replica_in_rotation.labels(replica.name).set(1 if replica.in_rotation else 0)
+            self.replica_lag.labels(replica.name).set(replica.lag_seconds)
 
     async def render(self) -> bytes:
         if self.refresh is not None:

@@ -20,7 +20,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.errors import FreshRootsError
-from sync_server.errors import crash_response, error_response
+from sync_server.errors import (
+    DEPENDENCY_ERRORS,
+    crash_response,
+    dependency_response,
+    error_response,
+)
 from sync_server.middleware import NUL_PARAMETER, has_nul_parameter
 
 
@@ -41,6 +46,8 @@ class PullLane:
                 response = await self.handler(Request(scope, receive))
             except FreshRootsError as error:
                 response = error_response(error)
+            except DEPENDENCY_ERRORS as error:
+                response = dependency_response(error, scope["path"])
             except Exception:
                 response = crash_response(scope["path"])
         await response(scope, receive, send)

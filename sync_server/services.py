@@ -30,6 +30,7 @@ from storage.codes import CodeBook
 from storage.db import Database
 from storage.feed import CHANGES_CHANNEL, ChangeFeed
 from storage.pubsub import MemoryPubSub, PubSub, RedisPubSub
+from storage.replicas import ReadRouter
 from storage.tail import ChangeTail
 from storage.tokens import DatabaseTokenStore, RedisTokenStore, RefreshTokenStore
 from sync_server.catalogue import CatalogueSnapshots
@@ -70,6 +71,8 @@ class Live(Protocol):
 class Services:
     settings: Settings
     db: Database
+    # Read-only work that may run on a replica (storage/replicas.py); the primary when none.
+    reads: ReadRouter
     cache: Cache
     pubsub: PubSub
     feed: ChangeFeed
@@ -114,14 +117,20 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """`payments_gateway`: the in-server sandbox's settings, in place of the MIPS_* ones."""
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    reads = ReadRouter.connect(
+        db,
+        settings.database_replica_urls,
+        pool_size=settings.db_pool_size,
+        max_lag_seconds=settings.replica_max_lag_seconds,
+        check_seconds=settings.replica_check_seconds,
+    )
     redis: Redis | None = None
     cache: Cache
     pubsub: PubSub
     refresh_tokens: RefreshTokenStore
-    if settings.redis_url:
-        redis = Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-        )
+    target = settings.redis_target
+    if target.configured:
+        redis = target.connect()
         cache = RedisCache(redis, settings.redis_prefix)
         pubsub = RedisPubSub(redis, settings.redis_prefix, channels=(CHANGES_CHANNEL,))
         refresh_tokens = RedisTokenStore(
@@ -129,6 +138,7 @@ async def open_services(
             settings.redis_prefix,
             settings.refresh_token_seconds,
             settings.refresh_reuse_grace_seconds,
+            replicated=target.through_sentinel,
         )
     else:
         cache = MemoryCache()
@@ -159,6 +169,7 @@ async def open_services(
     services = Services(
         settings=settings,
         db=db,
+        reads=reads,
         cache=cache,
         pubsub=pubsub,
         feed=feed,
@@ -184,6 +195,7 @@ async def open_services(
         await http.aclose()
         if redis is not None:
             await redis.aclose()
+        await reads.dispose()
         await db.dispose()
 
 

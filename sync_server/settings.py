@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.redis_client import RedisTarget
+
 DEFAULT_SQLITE_FILE = "freshroots.db"
 SECRET_FILE_NAME = ".freshroots_jwt_secret"  # noqa: S105 - a file name, not a secret
 
@@ -99,10 +101,33 @@ class RateLimits:
     user_window: int = 60
 
 
+def _hosts(environ: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    hosts = []
+    for item in _list(environ, name):
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name} must be a comma-separated list of host:port, got {item!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    return tuple(hosts)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_FILE}"
+    # PostgreSQL streaming replicas for read-only work (storage/replicas.py); empty = none.
+    database_replica_urls: tuple[str, ...] = field(default=(), repr=False)
+    # A replica further behind the primary than this is taken out of rotation until it is
+    # back within it; replicas are checked this often. The lag limit must stay well under
+    # HEAD_CACHE_SECONDS (see storage/replicas.py and sync_server/reading.py).
+    replica_max_lag_seconds: float = 10.0
+    replica_check_seconds: float = 1.0
     redis_url: str | None = None
+    # Redis through Sentinel, instead of REDIS_URL: the sentinels' addresses and the name of
+    # the master they watch; the servers follow a failover by themselves.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_sentinel_password: str | None = field(default=None, repr=False)
     redis_prefix: str = "fr:"
     jwt_secret: str = field(default="", repr=False)
     access_token_seconds: int = 900
@@ -180,8 +205,22 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     @property
+    def uses_redis(self) -> bool:
+        return self.redis_target.configured
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        return RedisTarget(
+            url=self.redis_url,
+            sentinels=self.redis_sentinels,
+            master=self.redis_sentinel_master,
+            password=self.redis_password,
+            sentinel_password=self.redis_sentinel_password,
+        )
+
+    @property
     def is_embedded(self) -> bool:
-        return self.is_sqlite and self.redis_url is None
+        return self.is_sqlite and not self.uses_redis
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -192,9 +231,42 @@ class Settings:
                 "DATABASE_URL must start with sqlite:/// or postgresql://, got "
                 f"{database_url.split('://')[0]!r}"
             )
+        replica_urls = _list(env, "DATABASE_REPLICA_URLS")
+        for replica_url in replica_urls:
+            if not replica_url.startswith(("postgresql://", "postgresql+")):
+                raise ConfigError(
+                    "DATABASE_REPLICA_URLS must list postgresql:// URLs, got "
+                    f"{replica_url.split('://')[0]!r}"
+                )
+        if replica_urls and not database_url.startswith("postgresql"):
+            raise ConfigError("DATABASE_REPLICA_URLS needs DATABASE_URL on PostgreSQL")
+        head_cache_seconds = _int(env, "HEAD_CACHE_SECONDS", 30, 1)
+        replica_check_seconds = _float(env, "REPLICA_CHECK_SECONDS", 1.0)
+        replica_max_lag_seconds = _float(env, "REPLICA_MAX_LAG_SECONDS", 10.0)
+        if not 0.05 <= replica_check_seconds <= 10:
+            raise ConfigError("REPLICA_CHECK_SECONDS must be between 0.05 and 10")
+        lag_limit = head_cache_seconds - 2 * replica_check_seconds - 1
+        if replica_urls and not 0 < replica_max_lag_seconds <= lag_limit:
+            # A user's newest write is known (its head cached) for HEAD_CACHE_SECONDS; past
+            # that, "a replica in rotation has it" must follow from the lag limit.
+            raise ConfigError(
+                "REPLICA_MAX_LAG_SECONDS must be above 0 and at most HEAD_CACHE_SECONDS - "
+                f"2 x REPLICA_CHECK_SECONDS - 1 (here {head_cache_seconds} - "
+                f"2 x {replica_check_seconds:g} - 1), got {replica_max_lag_seconds:g}"
+            )
+
         redis_url = env.get("REDIS_URL") or None
         if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL must start with redis:// or rediss://")
+        redis_sentinels = _hosts(env, "REDIS_SENTINELS")
+        redis_sentinel_master = env.get("REDIS_SENTINEL_MASTER") or None
+        if bool(redis_sentinels) != bool(redis_sentinel_master):
+            raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: set both")
+        if redis_sentinels and redis_url:
+            raise ConfigError(
+                "Set REDIS_URL or REDIS_SENTINELS + REDIS_SENTINEL_MASTER, not both: with "
+                "Sentinel the sentinels say where the master is"
+            )
 
         jwt_secret = env.get("JWT_SECRET", "")
         if not jwt_secret:
@@ -223,7 +295,14 @@ class Settings:
         )
         return cls(
             database_url=database_url,
+            database_replica_urls=replica_urls,
+            replica_max_lag_seconds=replica_max_lag_seconds,
+            replica_check_seconds=replica_check_seconds,
             redis_url=redis_url,
+            redis_sentinels=redis_sentinels,
+            redis_sentinel_master=redis_sentinel_master,
+            redis_password=env.get("REDIS_PASSWORD") or None,
+            redis_sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or None,
             redis_prefix=env.get("REDIS_PREFIX", "fr:"),
             jwt_secret=jwt_secret,
             access_token_seconds=_int(env, "ACCESS_TOKEN_SECONDS", 900, 30),
@@ -243,7 +322,7 @@ class Settings:
             snapshot_grace_seconds=_int(env, "SNAPSHOT_GRACE_SECONDS", 600, 0),
             metrics_token=env.get("METRICS_TOKEN") or None,
             listings_cache_seconds=_int(env, "LISTINGS_CACHE_SECONDS", 600, 0),
-            head_cache_seconds=_int(env, "HEAD_CACHE_SECONDS", 30, 1),
+            head_cache_seconds=head_cache_seconds,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             ws_hello_seconds=_float(env, "WS_HELLO_SECONDS", 10.0),
             ws_ping_seconds=_float(env, "WS_PING_SECONDS", 25.0),

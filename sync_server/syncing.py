@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from protocol.cursor import CursorState, ForeignCursor, LogCursor, SnapshotCursor
 from storage.pull import (
     CursorExpired,
@@ -16,6 +18,7 @@ from storage.pull import (
     pull_page,
 )
 from storage.scopes import Principal
+from sync_server import reading
 from sync_server.pages import EncodedPage, SharedAnswer
 from sync_server.services import Services
 
@@ -244,8 +247,11 @@ async def more_now(services: Services, principal: Principal, page: PullPage) -> 
         await wait_for_tail(services, principal)
         if tail.covers(following.position):
             return any(tail.has_after(scope, following.position) for scope in principal.scopes)
-    async with services.db.read() as conn:
+
+    async def probe(conn: AsyncConnection) -> bool:
         return await changed_after(conn, principal.scopes, following.position)
+
+    return await reading.read(services, probe, writer=principal, after=following.position)
 
 
 async def catalogue_page(
@@ -258,8 +264,12 @@ async def catalogue_page(
     key = ("catalogue", principal.scopes[0], state.head, state.last_id, limit, max_bytes)
 
     async def build() -> tuple[EncodedPage, bool]:
-        async with services.db.read() as conn:
-            page = await pull_page(conn, principal, state, limit, max_bytes=max_bytes, tables=1)
+        async def read_catalogue_part(conn: AsyncConnection) -> PullPage:
+            return await pull_page(conn, principal, state, limit, max_bytes=max_bytes, tables=1)
+
+        # Any replica that has replayed the snapshot's start will do: the page is the same
+        # for every phone, so no one's own writes are in it.
+        page = await services.reads.run(read_catalogue_part, at_least=state.head)
         in_catalogue_order(page.changes)
         encoded = EncodedPage(page, best=True)
         await asyncio.to_thread(encoded.compress_ahead)
@@ -281,8 +291,10 @@ async def own_rows_page(
     where = (state.head, state.table_index, state.last_id, limit, max_bytes)
 
     async def build() -> tuple[EncodedPage, bool]:
-        async with services.db.read() as conn:
-            page = await pull_page(conn, principal, state, limit, max_bytes=max_bytes)
+        async def read_own_rows(conn: AsyncConnection) -> PullPage:
+            return await pull_page(conn, principal, state, limit, max_bytes=max_bytes)
+
+        page = await reading.read(services, read_own_rows, writer=principal, after=state.head)
         return EncodedPage(page), True
 
     if None in own_heads:
@@ -331,25 +343,45 @@ async def read_page(
         return replace(shared.page, reset=True), None
     # Not from the tail (`log_page` answers every cursor it covers): from the database.
     snapshot_rows, max_bytes = first_sync_limit or limit, services.settings.pull_page_bytes
-    async with services.db.read() as conn:
+
+    async def read_from_log(conn: AsyncConnection) -> tuple[PullPage, bool, bool]:
+        """(page, expired, current): `current` when read on the primary."""
+        current = reading.on_primary(services, conn)
         try:
             if isinstance(state, LogCursor):
-                page = await pull_page(conn, principal, state, limit)
-            else:
-                page = await pull_page(conn, principal, state, snapshot_rows, max_bytes=max_bytes)
+                return await pull_page(conn, principal, state, limit), False, current
+            page = await pull_page(conn, principal, state, snapshot_rows, max_bytes=max_bytes)
+            return page, False, current
         except CursorExpired:
             page = await pull_page(conn, principal, None, snapshot_rows, max_bytes=max_bytes)
-            reset = True
-    page.reset = reset
-    if not page.more and isinstance(page.next_state, LogCursor):
+            return page, True, current
+
+    # A replica that has replayed the cursor's position and the user's own writes answers as
+    # the primary would (storage/replicas.py); the primary answers otherwise.
+    page, expired, current = await reading.read(
+        services, read_from_log, writer=principal, after=position_of(state)
+    )
+    page.reset = reset or expired
+    if current and not page.more and isinstance(page.next_state, LogCursor):
         # Nothing in scope after this position when we read it, and every later commit gets a
-        # larger position, so it is a safe head for the fast path.
+        # larger position, so it is a safe head for the fast path. (Not from a replica: what
+        # it lacks may already be committed, and the heads must never be below a commit.)
         for scope in principal.scopes:
             try:
                 await services.feed.remember_head(scope, page.next_state.position)
             except Exception:
                 break
     return page, None
+
+
+def position_of(state: CursorState | None) -> int:
+    """The log position a pull from `state` must include: its cursor's, or the position its
+    snapshot's rows must be at least as new as (0 for a new snapshot: any moment will do)."""
+    if isinstance(state, LogCursor):
+        return state.position
+    if isinstance(state, SnapshotCursor):
+        return state.head
+    return 0
 
 
 def page_body(services: Services, principal: Principal, page: PullPage) -> dict[str, Any]:

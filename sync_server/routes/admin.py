@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,6 +22,7 @@ from storage import listings as listing_store
 from storage import orders as order_store
 from storage.changelog import Tx
 from storage.scopes import Principal
+from sync_server import reading
 from sync_server.http import (
     doc,
     json_response,
@@ -103,8 +105,11 @@ def check_listing_values(values: dict[str, Any]) -> None:
 
 
 async def _listing(request: Request, listing_id: str, admin: Principal) -> dict[str, Any]:
-    async with services_of(request).db.read() as conn:
+    async def read_listing(conn: AsyncConnection) -> dict[str, Any]:
         return await listing_store.get_listing(conn, admin, listing_id)
+
+    # Often right after this admin's write: a replica answers only once it holds that.
+    return await reading.read(services_of(request), read_listing, writer=admin)
 
 
 @doc(
@@ -172,10 +177,13 @@ async def delete_listing(request: Request) -> Response:
     response="OrderPage",
 )
 async def list_orders(request: Request) -> Response:
-    await require_admin(request)
+    admin = await require_admin(request)
     limit = query_int(request, "limit", 50, minimum=1, maximum=200) or 50
-    async with services_of(request).db.read() as conn:
-        items, next_cursor = await page_orders(conn, request, limit)
+
+    async def read_orders(conn: AsyncConnection) -> tuple[list[dict[str, Any]], str | None]:
+        return await page_orders(conn, request, limit)
+
+    items, next_cursor = await reading.read(services_of(request), read_orders, writer=admin)
     return json_response({"items": items, "next_cursor": next_cursor})
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
+from sqlalchemy import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,6 +18,7 @@ from storage.db import now_ms
 from storage.listings import decode_page_cursor, encode_page_cursor
 from storage.models import AdminAction
 from storage.synced import ADMIN_ACTIONS
+from sync_server import reading
 from sync_server.http import doc, json_response, query_int, require_admin
 from sync_server.services import services_of
 
@@ -54,7 +58,7 @@ def every_day(rows: list[dict[str, Any]], since: int, until: int) -> list[dict[s
     response="AuditPage",
 )
 async def audit(request: Request) -> Response:
-    await require_admin(request)
+    admin = await require_admin(request)
     limit = query_int(request, "limit", 50, minimum=1, maximum=200) or 50
     query = ADMIN_ACTIONS.select_rows()
     params = request.query_params
@@ -77,8 +81,12 @@ async def audit(request: Request) -> Response:
             | ((AdminAction.created_at == created_at) & (AdminAction.id < action_id))
         )
     query = query.order_by(AdminAction.created_at.desc(), AdminAction.id.desc()).limit(limit + 1)
-    async with services_of(request).db.read() as conn:
-        rows = (await conn.execute(query)).mappings().all()
+
+    async def read_actions(conn: AsyncConnection) -> Sequence[RowMapping]:
+        found: Sequence[RowMapping] = (await conn.execute(query)).mappings().all()
+        return found
+
+    rows = await reading.read(services_of(request), read_actions, writer=admin)
     next_cursor = None
     if len(rows) > limit:
         next_cursor = encode_page_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"])
@@ -97,15 +105,18 @@ async def audit(request: Request) -> Response:
     response="Analytics",
 )
 async def analytics(request: Request) -> Response:
-    await require_admin(request)
+    admin = await require_admin(request)
     until = query_int(request, "to", minimum=0) or now_ms()
     since = query_int(request, "from", minimum=0)
     since = until - 30 * DAY_MS if since is None else since
     if since >= until:
         raise ValidationFailed("from must be before to", field="from")
     services = services_of(request)
-    async with services.db.read() as conn:
-        body = await report(conn, services.db.dialect, since, until)
+
+    async def read_report(conn: AsyncConnection) -> dict[str, Any]:
+        return await report(conn, services.db.dialect, since, until)
+
+    body = await reading.read(services, read_report, writer=admin)
     body["orders_per_day"] = every_day(body["orders_per_day"], since, until)
     return json_response(body)
 

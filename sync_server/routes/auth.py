@@ -7,12 +7,14 @@ import re
 from typing import Any
 
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from protocol.errors import InvalidCredentials, InvalidToken, ValidationFailed
 from storage import users
+from sync_server import reading
 from sync_server.http import authenticate, doc, json_response, no_content, read_json
 from sync_server.security import check_password_shape
 from sync_server.services import Services, services_of
@@ -180,8 +182,11 @@ async def signed_in_user(request: Request) -> Any:
 async def export(request: Request) -> Response:
     principal = await authenticate(request)
     services = services_of(request)
-    async with services.db.read() as conn:
-        data = await users.export_user(conn, principal.user_id)
+
+    async def read_everything(conn: AsyncConnection) -> dict[str, Any]:
+        return await users.export_user(conn, principal.user_id)
+
+    data = await reading.read(services, read_everything, writer=principal)
     return json_response(data, headers={"content-disposition": "attachment; filename=me.json"})
 
 

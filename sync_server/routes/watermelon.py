@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from protocol.errors import ValidationFailed
 from storage import watermelon
+from sync_server import reading
 from sync_server.http import authenticate, doc, json_response, read_json
 from sync_server.services import services_of
 from sync_server.syncing import wait_for_tail
@@ -53,8 +55,13 @@ async def pull(request: Request) -> Response:
         await wait_for_tail(services, principal)
         body = watermelon.pull_from_tail(services.live.tail, principal, since.position)
     if body is None:
-        async with services.db.read() as conn:
-            body = await watermelon.pull(conn, principal, timestamp)
+
+        async def read_changes(conn: AsyncConnection) -> dict[str, Any]:
+            return await watermelon.pull(conn, principal, timestamp)
+
+        body = await reading.read(
+            services, read_changes, writer=principal, after=since.position if since else 0
+        )
     return json_response(body)
 
 

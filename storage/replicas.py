@@ -1,0 +1,242 @@
+"""Read-only work on PostgreSQL streaming replicas (`DATABASE_REPLICA_URLS`).
+
+The replicas are PostgreSQL's own physical standbys (`pg_basebackup -R`): they replay the
+primary's WAL in commit order, so what a replica shows is the primary as it was a moment ago,
+whole. The change log's positions are made visible strictly in order on the primary
+(`storage.changelog`), so a replica whose newest position is `h` holds every entry up to `h`
+and nothing after it: the log on a replica is a prefix of the primary's.
+
+That gives the one rule every routed read follows. The caller says which position the read
+must include (`at_least`: the cursor the phone sent, and the newest change in the user's own
+scopes, so their own push is in their next pull). The read runs on a replica in rotation; its
+first statement reads that replica's head in the same REPEATABLE READ snapshot as the rest of
+the work, and when the head is below `at_least` the transaction is dropped and the work runs on
+the primary. So a pull never skips a change and never answers a cursor older than the one it
+was given, however far a replica lags: a lagging replica only sends more reads to the primary.
+We go to the primary rather than wait for the replica: the wait would hold a connection and a
+phone's request for a lag we cannot bound, and the primary can answer now.
+
+A replica that fails (down, restarting, a query cancelled by recovery) is taken out of rotation
+at once and its work runs again on the primary, so a stopped replica fails no request. The
+watcher (`watch`) checks every replica every `REPLICA_CHECK_SECONDS`: one that is reachable
+again and within `REPLICA_MAX_LAG_SECONDS` of the primary comes back; one that lags past it
+goes out. Lag is measured in our own terms: how long ago the primary first held a position the
+replica still lacks (not `pg_last_xact_replay_timestamp()`, which grows on an idle primary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from protocol.errors import ServiceUnavailable
+from storage.admission import Overloaded, Priority
+from storage.db import Database, is_retryable
+from storage.pull import log_head
+
+log = logging.getLogger("freshroots.replicas")
+T = TypeVar("T")
+
+# What a routed read's outcome is counted as (`ReadRouter.counts`, the /metrics counter).
+ON_REPLICA = "replica"
+NO_REPLICA = "no_replica"  # none configured, or none in rotation
+BEHIND = "behind"  # the replica had not replayed the position the read must include
+FAILED = "replica_failed"  # the replica failed the read; it ran again on the primary
+BUSY = "replica_busy"  # the replica's connections were all in use (admission control)
+PRIMARY_ONLY = "primary_only"  # the caller needs the primary (it could not say what to include)
+
+
+def describe(url: str) -> str:
+    """A replica's name for logs and metrics: host:port/database, never a password."""
+    parsed = make_url(url)
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+@dataclass
+class Replica:
+    name: str
+    db: Database
+    in_rotation: bool = False  # until the first check finds it reachable and current
+    head: int | None = None  # the newest log position it had replayed, last we looked
+    lag_seconds: float = 0.0
+    why_out: str = "not checked yet"
+    retry_at: float = 0.0
+
+
+@dataclass
+class ReadRouter:
+    """Runs read-only work on a replica when one can answer it correctly, else on the primary."""
+
+    primary: Database
+    replicas: Sequence[Replica] = ()
+    max_lag_seconds: float = 10.0
+    check_seconds: float = 1.0
+    # How long a replica that failed stays out before the watcher tries it again.
+    retry_seconds: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    counts: dict[str, int] = field(default_factory=dict)
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+    # (when, primary head) as the watcher saw them, oldest first: the lag measure.
+    _primary_heads: deque[tuple[float, int]] = field(default_factory=deque)
+
+    @classmethod
+    def connect(
+        cls,
+        primary: Database,
+        urls: Sequence[str],
+        *,
+        pool_size: int,
+        max_lag_seconds: float,
+        check_seconds: float,
+    ) -> ReadRouter:
+        replicas = [Replica(describe(url), Database(url, pool_size=pool_size)) for url in urls]
+        return cls(primary, replicas, max_lag_seconds=max_lag_seconds, check_seconds=check_seconds)
+
+    @property
+    def databases(self) -> list[Database]:
+        return [self.primary, *(replica.db for replica in self.replicas)]
+
+    async def dispose(self) -> None:
+        for replica in self.replicas:
+            await replica.db.dispose()
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def _choose(self, at_least: int) -> Replica | str:
+        """A replica in rotation that, as far as we know, has replayed `at_least` (in turns, so
+        reads spread over several), or why there is none."""
+        in_rotation = [replica for replica in self.replicas if replica.in_rotation]
+        candidates = [
+            replica for replica in in_rotation if replica.head is None or replica.head >= at_least
+        ]
+        if not candidates:
+            return BEHIND if in_rotation else NO_REPLICA
+        return candidates[next(self._turn) % len(candidates)]
+
+    async def run(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        at_least: int | None = 0,
+        priority: Priority | None = None,
+    ) -> T:
+        """`work(conn)` in a read-only transaction that holds every log entry up to `at_least`
+        (None: the primary only). `work` may run twice (on a replica that then failed, and
+        on the primary), so it must only read and return what it read."""
+        replica = self._choose(at_least) if at_least is not None else PRIMARY_ONLY
+        if isinstance(replica, str) or at_least is None:
+            self._count(replica if isinstance(replica, str) else PRIMARY_ONLY)
+        else:
+            try:
+                async with replica.db.read(priority) as conn:
+                    head = await log_head(conn)
+                    replica.head = head
+                    if head >= at_least:
+                        result = await work(conn)
+                        self._count(ON_REPLICA)
+                        return result
+                self._count(BEHIND)
+            except Overloaded:
+                # Its connections are all busy: the primary may have room; the replica is fine.
+                self._count(BUSY)
+            except (ServiceUnavailable, exc.DBAPIError) as error:
+                if isinstance(error, exc.DBAPIError) and not _replica_trouble(error):
+                    raise  # our bug, not the replica's: it would fail on the primary too
+                self._count(FAILED)
+                self._take_out(replica, f"a read failed ({_short(error)})")
+        async with self.primary.read(priority) as conn:
+            return await work(conn)
+
+    def _take_out(self, replica: Replica, why: str) -> None:
+        replica.retry_at = self.clock() + self.retry_seconds
+        if replica.in_rotation:
+            replica.in_rotation = False
+            log.warning("read replica %s out of rotation: %s", replica.name, why)
+        replica.why_out = why
+
+    async def watch(self) -> None:
+        """Check every replica every `check_seconds`, for the app's life."""
+        if not self.replicas:
+            return
+        while True:
+            await self.check()
+            await asyncio.sleep(self.check_seconds)
+
+    async def check(self) -> None:
+        """One round: where the primary stands, then each replica's head and lag."""
+        now = self.clock()
+        try:
+            async with asyncio.timeout(max(1.0, self.check_seconds * 2)):
+                async with self.primary.read(Priority.NORMAL) as conn:
+                    primary_head = await log_head(conn)
+        except Exception as error:  # the primary's trouble is reported where it is used
+            log.debug("replica check skipped: primary unreadable (%s)", _short(error))
+            return
+        history = self._primary_heads
+        if not history or history[-1][1] != primary_head:
+            history.append((now, primary_head))
+        # Keep one observation older than the lag limit: the lag is then known past it.
+        while len(history) > 1 and history[1][0] < now - self.max_lag_seconds * 2:
+            history.popleft()
+        for replica in self.replicas:
+            if not replica.in_rotation and now < replica.retry_at:
+                continue
+            await self._check_one(replica, now)
+
+    async def _check_one(self, replica: Replica, now: float) -> None:
+        try:
+            async with asyncio.timeout(max(1.0, self.check_seconds * 2)):
+                async with replica.db.read(Priority.NORMAL) as conn:
+                    head = await log_head(conn)
+        except Exception as error:
+            self._take_out(replica, f"unreachable ({_short(error)})")
+            return
+        replica.head = head
+        replica.lag_seconds = self.lag_of(head, now)
+        if replica.lag_seconds > self.max_lag_seconds:
+            self._take_out(
+                replica,
+                f"{replica.lag_seconds:.1f} s behind the primary "
+                f"(REPLICA_MAX_LAG_SECONDS={self.max_lag_seconds:g})",
+            )
+        elif not replica.in_rotation:
+            replica.in_rotation = True
+            replica.why_out = ""
+            log.warning(
+                "read replica %s in rotation (%.1f s behind the primary)",
+                replica.name,
+                replica.lag_seconds,
+            )
+
+    def lag_of(self, head: int, now: float) -> float:
+        """How long ago the primary first held a position past `head` (0: it holds nothing
+        the replica lacks, as of the newest observation)."""
+        for seen_at, primary_head in self._primary_heads:
+            if primary_head > head:
+                return max(0.0, now - seen_at)
+        return 0.0
+
+
+def _replica_trouble(error: exc.DBAPIError) -> bool:
+    """Errors a replica gives that the primary would not: the connection went away, or a
+    query was cancelled because it conflicted with WAL replay (SQLSTATE 40001 on a standby)."""
+    return (
+        error.connection_invalidated
+        or is_retryable(error)
+        or isinstance(error, exc.OperationalError | exc.InterfaceError)
+    )
+
+
+def _short(error: BaseException) -> str:
+    return error.__class__.__name__
