@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck
-	$(BIN)/shellcheck .ci/run
+	$(BIN)/shellcheck .ci/run deploy/compose/*.sh
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -5,6 +5,16 @@
     python loadtests/run_load.py --quick            # smoke run: 1,000 phones, 20 s measured
     python loadtests/run_load.py --processes 1,2    # one server process, then --workers 2
     python loadtests/run_load.py --users 5000 --run-time 120 --locust-processes 1
+    python loadtests/run_load.py --replica          # on a private primary + streaming replica
+                                                    # (initdb + pg_basebackup -R), reads routed
+                                                    # with DATABASE_REPLICA_URLS: prints the read
+                                                    # load on each
+
+With --replica the database is a throwaway primary and its streaming replica
+(tests/support/pg_cluster.py) instead of a database on the machine's PostgreSQL, and the
+report adds, for the measured window, each node's transactions, rows read and CPU
+(pg_stat_database on each, the CPU of each postmaster's processes), and where the server
+routed its read-only work (freshroots_db_reads by outcome, from /metrics).
 
 Each run (one per entry of --processes) starts from nothing: a throwaway PostgreSQL database
 and Redis prefix, 1,000 published listings created through the storage write path (stock
@@ -52,6 +62,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +84,7 @@ from storage.migrate import upgrade  # noqa: E402
 from storage.models import ChangeLogEntry, User  # noqa: E402
 from storage.seed import PRODUCE  # noqa: E402
 from tests.support import services as real  # noqa: E402
+from tests.support.pg_cluster import Cluster, streaming_cluster  # noqa: E402
 from tests.support.processes import ServerProcess, start_server  # noqa: E402
 
 REPORTS = ROOT / "loadtests" / "reports"
@@ -315,15 +327,22 @@ class CpuWindow:
 Sample = tuple[float, float, dict[str, dict[int, float]]]
 
 
-def sample(server: int, locust: int, database: str) -> Sample:
+def sample(
+    server: int, locust: int, database: str, postmasters: dict[str, int] | None = None
+) -> Sample:
     """CPU so far of this run's processes (looked up afresh: PostgreSQL backends and locust
-    workers may come and go) and of the whole machine."""
+    workers may come and go) and of the whole machine. `postmasters`: a private cluster's
+    nodes by name (their processes are counted per node, not by database)."""
     groups = {
         "server": tree(server),
         "locust": tree(locust),
-        "postgres": named("postgres", database),
         "redis": named("redis-server"),
     }
+    if postmasters:
+        for node, pid in postmasters.items():
+            groups[f"postgres {node}"] = tree(pid)
+    else:
+        groups["postgres"] = named("postgres", database)
     return (
         time.monotonic(),
         machine_busy(),
@@ -338,6 +357,68 @@ def difference(before: Sample, after: Sample) -> CpuWindow:
         for group, times in after[2].items()
     }
     return CpuWindow(after[0] - before[0], used, after[1] - before[1])
+
+
+# -- read load on a primary and its replica (--replica) -------------------------------------------
+
+NODE_STATISTICS = (
+    "SELECT xact_commit, tup_returned + tup_fetched, blks_hit + blks_read "
+    "FROM pg_stat_database WHERE datname = current_database()"
+)
+
+
+@dataclass
+class ReadLoad:
+    """What the measured window cost each node, and where the server sent its reads."""
+
+    seconds: float
+    nodes: dict[str, tuple[float, float, float]]  # node: transactions, rows read, blocks (/s)
+    routed: dict[str, float]  # freshroots_db_reads outcome: count in the window
+
+
+class ReplicaWatch:
+    """Samples a private cluster's pg_stat_database and the server's routed reads at the
+    window's start and end."""
+
+    def __init__(self, cluster: Cluster, database: str) -> None:
+        self.cluster = cluster
+        self.database = database
+        self.marks: list[tuple[float, dict[str, tuple[int, ...]], dict[str, float]]] = []
+
+    @property
+    def postmasters(self) -> dict[str, int]:
+        return {
+            node.name: int((node.data_dir / "postmaster.pid").read_text().split()[0])
+            for node in (self.cluster.primary, self.cluster.replica)
+        }
+
+    def mark(self, base_url: str) -> None:
+        statistics = {
+            node.name: tuple(int(v) for v in node.query(NODE_STATISTICS, self.database)[0])
+            for node in (self.cluster.primary, self.cluster.replica)
+        }
+        self.marks.append((time.monotonic(), statistics, routed_reads(base_url)))
+
+    def load(self) -> ReadLoad | None:
+        if len(self.marks) < 2:
+            return None
+        (start, first, routed_before), (end, last, routed_after) = self.marks[0], self.marks[-1]
+        seconds = max(end - start, 1e-9)
+        nodes = {
+            name: tuple((b - a) / seconds for a, b in zip(first[name], last[name], strict=True))
+            for name in first
+        }
+        routed = {k: v - routed_before.get(k, 0.0) for k, v in routed_after.items()}
+        return ReadLoad(seconds, nodes, routed)  # type: ignore[arg-type]
+
+
+def routed_reads(base_url: str) -> dict[str, float]:
+    """freshroots_db_reads by outcome, as the server counts them since it started."""
+    found: dict[str, float] = {}
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    for match in re.finditer(r'^freshroots_db_reads\{outcome="(\w+)"\} (\S+)$', text, re.M):
+        found[match.group(1)] = float(match.group(2))
+    return found
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -356,6 +437,7 @@ class Run:
     shed: dict[str, float]
     locust_warnings: list[str]
     log_activity: dict[str, float]
+    read_load: ReadLoad | None = None
 
     @property
     def requests(self) -> int:
@@ -495,10 +577,11 @@ def run_locust(
     folder: Path,
     env: dict[str, str],
     args: argparse.Namespace,
+    watch: ReplicaWatch | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], CpuWindow, list[str]]:
-    """Runs locust until the locustfile closes the measured window; samples CPU at the
-    window's start and end. Returns the ramp and steady statistics, the CPU, locust's
-    warnings."""
+    """Runs locust until the locustfile closes the measured window; samples CPU (and, with a
+    `watch`, each database node's statistics) at the window's start and end. Returns the ramp
+    and steady statistics, the CPU, locust's warnings."""
     state = folder / "state"
     state.mkdir()
     rate = math.ceil(args.users / args.ramp * 10) / 10
@@ -558,10 +641,15 @@ def run_locust(
             if now - started > bound + 60:
                 print("  !! locust overran its time bound; stopping it", flush=True)
                 break
+            postmasters = watch.postmasters if watch is not None else None
             if before is None and (state / "window-start.json").exists():
-                before = sample(server.process.pid, locust.pid, database)
+                before = sample(server.process.pid, locust.pid, database, postmasters)
+                if watch is not None:
+                    watch.mark(server.base_url)
             if before is not None and after is None and (state / "window-end.json").exists():
-                after = sample(server.process.pid, locust.pid, database)
+                after = sample(server.process.pid, locust.pid, database, postmasters)
+                if watch is not None:
+                    watch.mark(server.base_url)
             if now - last_print >= 5:
                 last_print = now
                 print(f"  [{now - started:4.0f} s] {progress(state, args)}", flush=True)
@@ -610,10 +698,24 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     print(f"\n== {label}: {processes} server process(es), {args.users:,} users", flush=True)
-    database_url = real.create_database()
+    with ExitStack() as stack:
+        if args.replica:
+            print("  making a primary and its streaming replica (initdb, pg_basebackup -R)")
+            cluster = stack.enter_context(streaming_cluster())
+            return run_on(args, processes, label, folder, cluster)
+        return run_on(args, processes, label, folder, None)
+
+
+def run_on(
+    args: argparse.Namespace, processes: int, label: str, folder: Path, cluster: Cluster | None
+) -> Run:
+    database_url = real.create_database() if cluster is None else cluster.primary.url("freshroots")
     prefix = f"frload:{secrets.token_hex(3)}:"
+    replica_urls = "" if cluster is None else cluster.replica.url("freshroots")
+    watch = None if cluster is None else ReplicaWatch(cluster, "freshroots")
     env = {
         "DATABASE_URL": database_url,
+        "DATABASE_REPLICA_URLS": replica_urls,
         "REDIS_URL": real.REDIS_URL,
         "REDIS_PREFIX": prefix,
         "JWT_SECRET": secrets.token_hex(24),
@@ -634,7 +736,7 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
             # log_level=None: the server's own default (INFO, the access log on).
             server = start_server(env, log=server_log, serve_args=serve_args, log_level=None)
         ramp, steady, cpu, warnings = run_locust(
-            server, database_url.rsplit("/", 1)[1], folder, locust_env, args
+            server, database_url.rsplit("/", 1)[1], folder, locust_env, args, watch
         )
         shed = shed_counts(server.base_url)
         print(f"  server garbage collections: {gc_pauses(server.base_url)}", flush=True)
@@ -646,7 +748,8 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
                 server.process.wait(15)
             except subprocess.TimeoutExpired:
                 server.kill()
-        real.drop_database(database_url)
+        if cluster is None:
+            real.drop_database(database_url)
         real.clear_redis_prefix(prefix)
     run = Run(
         label,
@@ -660,6 +763,7 @@ def run_once(args: argparse.Namespace, processes: int) -> Run:
         shed,
         warnings,
         activity,
+        watch.load() if watch is not None else None,
     )
     print("\n".join(run_section(run)), flush=True)
     return run
@@ -742,6 +846,8 @@ def run_section(run: Run) -> list[str]:
             + ".",
             "",
         ]
+    if run.read_load is not None:
+        lines += read_load_section(run.read_load, cpu)
     if run.steady["errors"]:
         lines += ["Failures in the window, by cause:", "", *errors_list(run.steady), ""]
     lines += [
@@ -787,6 +893,35 @@ def run_section(run: Run) -> list[str]:
     lines += [
         "",
         f"Files: loadtests/reports/{run.label}/ (locust CSV, HTML and log, server log).",
+        "",
+    ]
+    return lines
+
+
+def read_load_section(load: ReadLoad, cpu: CpuWindow) -> list[str]:
+    lines = [
+        "### Read load: primary vs replica",
+        "",
+        "| node | transactions/s | rows read/s | blocks read or hit/s | CPU (cores) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for node, (transactions, rows, blocks) in load.nodes.items():
+        lines.append(
+            f"| {node} | {transactions:,.0f} | {rows:,.0f} | {blocks:,.0f} "
+            f"| {cpu.share(f'postgres {node}'):.2f} |"
+        )
+    routed = {k: v for k, v in sorted(load.routed.items(), key=lambda kv: -kv[1]) if v}
+    total = sum(routed.values())
+    lines += [
+        "",
+        "Read-only work the server routed in the window (freshroots_db_reads): "
+        + (
+            ", ".join(f"{k} {v:,.0f} ({v / total:.0%})" for k, v in routed.items())
+            if total
+            else "none (the tail and the caches answered everything)"
+        )
+        + ". The primary also takes every write, the reads inside writes, and the live hub's "
+        "reads of new commits.",
         "",
     ]
     return lines
@@ -881,6 +1016,12 @@ def main() -> None:
         default=None,
         metavar="SECONDS",
         help="pass --keep-alive to the server (default: the server's default)",
+    )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="run on a private PostgreSQL primary + streaming replica with reads routed to it "
+        "(DATABASE_REPLICA_URLS), and report the read load on each",
     )
     args = parser.parse_args()
     if args.users is None:
