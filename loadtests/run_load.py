@@ -723,7 +723,10 @@ def run_on(
         "RATE_LIMITS": "off",
         # Nothing leaves the machine (no device registers an Expo token, but to be sure).
         "EXPO_PUSH_URL": "http://127.0.0.1:9",
+        **dict(setting.split("=", 1) for setting in args.server_env),
     }
+    if args.server_env:
+        print(f"  server settings beyond the defaults: {', '.join(args.server_env)}")
     server: ServerProcess | None = None
     try:
         upgrade(database_url)
@@ -827,11 +830,13 @@ def run_section(run: Run) -> list[str]:
             "",
         ]
     lines += ["### Steady window", "", *stats_table(run.steady), ""]
+    # One group, or one per node of a private cluster (--replica).
+    postgres = sum(cpu.share(group) for group in cpu.used if group.startswith("postgres"))
     lines += [
         f"CPU in the window (1.0 = one core): server {cpu.share('server'):.2f} "
         f"({cpu.processes('server')} process(es)), locust {cpu.share('locust'):.2f} "
         f"({cpu.processes('locust')} process(es), busiest {cpu.busiest('locust'):.2f}), "
-        f"PostgreSQL {cpu.share('postgres'):.2f}, Redis {cpu.share('redis'):.2f}; the whole "
+        f"PostgreSQL {postgres:.2f}, Redis {cpu.share('redis'):.2f}; the whole "
         f"machine {cpu.machine_share:.2f} of {os.cpu_count()}, "
         f"{cpu.outside_share:.2f} of it outside this run. "
         f"Server CPU per request: **{run.cpu_ms_per_request:.2f} ms** "
@@ -940,6 +945,12 @@ def report(args: argparse.Namespace, runs: list[Run]) -> list[str]:
         f"after the last started, then {args.run_time:g} s measured. `freshroots serve` with "
         "its default settings (access log on) except RATE_LIMITS=off"
         + (f", --keep-alive {args.keep_alive}" if args.keep_alive is not None else "")
+        + "".join(f", {setting}" for setting in args.server_env)
+        + (
+            ", on a private PostgreSQL primary + streaming replica with DATABASE_REPLICA_URLS"
+            if args.replica
+            else ""
+        )
         + f"; locust in {args.locust_processes} process(es). Server, locust, PostgreSQL and "
         "Redis share the same cores.",
         "",
@@ -1018,12 +1029,23 @@ def main() -> None:
         help="pass --keep-alive to the server (default: the server's default)",
     )
     parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server on top of its defaults, e.g. SYNC_TAIL_ENTRIES=0 (every "
+        "pull reads the database); repeatable; the report names them",
+    )
+    parser.add_argument(
         "--replica",
         action="store_true",
         help="run on a private PostgreSQL primary + streaming replica with reads routed to it "
         "(DATABASE_REPLICA_URLS), and report the read load on each",
     )
     args = parser.parse_args()
+    for setting in args.server_env:
+        if "=" not in setting:
+            parser.error(f"--server-env takes NAME=VALUE, got {setting!r}")
     if args.users is None:
         args.users = 1000 if args.quick else 10_000
     if args.run_time is None:

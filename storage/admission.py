@@ -88,14 +88,22 @@ class AdmissionGate:
         low_wait: float = 0.25,
         wait: float = 3.0,
         low_slots: int | None = None,
+        reads_only: bool = False,
     ) -> None:
+        """`reads_only`: a gate in front of a read replica. Nothing writes there, so no slot
+        is kept back for writes and low-priority reads are not held to a quarter beside
+        normal ones (that quarter leaves the primary's CPU to its writes)."""
         self.slots = max(1, slots)
+        if reads_only:
+            low_slots = self.slots
         self.low_slots = (
             self.slots - reserved_slots(self.slots)
             if low_slots is None
             else max(1, min(self.slots, low_slots))
         )
-        self.low_slots_beside_normal = min(self.low_slots, beside_normal_slots(self.slots))
+        self.low_slots_beside_normal = (
+            self.low_slots if reads_only else min(self.low_slots, beside_normal_slots(self.slots))
+        )
         self.low_wait = low_wait
         self.wait = wait
         self._in_use = [0, 0]  # by priority: LOW, NORMAL

@@ -116,7 +116,9 @@ class Database:
         echo: bool = False,
         low_priority_wait: float = 0.25,
         wait: float = 3.0,
+        replica: bool = False,
     ) -> None:
+        """`replica`: a read replica's handle (`storage.replicas`): only reads come here."""
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         options: dict[str, Any] = {"echo": echo}
@@ -136,7 +138,9 @@ class Database:
         else:
             options.update(pool_size=pool_size, max_overflow=0, pool_timeout=10)
         self.engine: AsyncEngine = create_async_engine(async_url(url), **options)
-        self.gate = AdmissionGate(pool_size, low_wait=low_priority_wait, wait=wait)
+        self.gate = AdmissionGate(
+            pool_size, low_wait=low_priority_wait, wait=wait, reads_only=replica
+        )
         # SQLite has one writer; serialising writers in-process avoids busy-waiting on the
         # file lock, and BEGIN IMMEDIATE takes that lock up front across processes.
         self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None

@@ -54,6 +54,7 @@ BEHIND = "behind"  # the replica had not replayed the position the read must inc
 FAILED = "replica_failed"  # the replica failed the read; it ran again on the primary
 BUSY = "replica_busy"  # the replica's connections were all in use (admission control)
 PRIMARY_ONLY = "primary_only"  # the caller needs the primary (it could not say what to include)
+NOT_CHECKED = "not checked yet"
 
 
 def describe(url: str) -> str:
@@ -69,7 +70,7 @@ class Replica:
     in_rotation: bool = False  # until the first check finds it reachable and current
     head: int | None = None  # the newest log position it had replayed, last we looked
     lag_seconds: float = 0.0
-    why_out: str = "not checked yet"
+    why_out: str = NOT_CHECKED
     retry_at: float = 0.0
 
 
@@ -99,7 +100,9 @@ class ReadRouter:
         max_lag_seconds: float,
         check_seconds: float,
     ) -> ReadRouter:
-        replicas = [Replica(describe(url), Database(url, pool_size=pool_size)) for url in urls]
+        replicas = [
+            Replica(describe(url), Database(url, pool_size=pool_size, replica=True)) for url in urls
+        ]
         return cls(primary, replicas, max_lag_seconds=max_lag_seconds, check_seconds=check_seconds)
 
     @property
@@ -211,9 +214,11 @@ class ReadRouter:
                 f"(REPLICA_MAX_LAG_SECONDS={self.max_lag_seconds:g})",
             )
         elif not replica.in_rotation:
+            # A return is worth a warning (it was out, and said so); the first check is news.
+            report = log.info if replica.why_out == NOT_CHECKED else log.warning
             replica.in_rotation = True
             replica.why_out = ""
-            log.warning(
+            report(
                 "read replica %s in rotation (%.1f s behind the primary)",
                 replica.name,
                 replica.lag_seconds,

@@ -526,6 +526,22 @@ def test_low_priority_work_gets_a_quarter_of_the_pool_beside_normal_work() -> No
     asyncio.run(scenario())
 
 
+def test_a_read_replicas_gate_gives_reads_every_slot() -> None:
+    """Nothing writes on a replica: its reads get the whole pool, beside a normal-priority
+    read (an admin's list) too; past it they are shed as anywhere."""
+
+    async def scenario() -> None:
+        gate = AdmissionGate(8, low_wait=0.05, wait=30, reads_only=True)
+        await gate.acquire(Priority.NORMAL)
+        for _ in range(7):
+            await asyncio.wait_for(gate.acquire(Priority.LOW), 1)
+        assert gate.in_use == 8
+        with pytest.raises(Overloaded):
+            await gate.acquire(Priority.LOW)
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_waiter_leaks_no_slot() -> None:
     async def scenario() -> None:
         gate = AdmissionGate(1, low_wait=30, wait=30)
