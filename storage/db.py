@@ -38,6 +38,17 @@ _holding: contextvars.ContextVar[tuple[object, object] | None] = contextvars.Con
 )
 
 
+# libpq settings for replica connections (`Database(replica=True)`).
+REPLICA_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def async_url(url: str) -> str:
     """Pick the asyncio driver for a plain `sqlite://` or `postgresql://` URL."""
     parsed = make_url(url)
@@ -133,7 +144,12 @@ class Database:
                 pool_pre_ping=True,
                 pool_timeout=10,
                 # Bound every wait: a request stuck behind a lock answers 503, it never hangs.
-                connect_args={"options": "-c lock_timeout=5000 -c statement_timeout=30000"},
+                connect_args={
+                    "options": "-c lock_timeout=5000 -c statement_timeout=30000",
+                    # A replica host that vanishes (no reset, packets dropped) must fail its
+                    # reads in seconds, so they run again on the primary, not wait on TCP.
+                    **(REPLICA_CONNECT_ARGS if replica else {}),
+                },
             )
         else:
             options.update(pool_size=pool_size, max_overflow=0, pool_timeout=10)

@@ -66,6 +66,11 @@ class ChangeFeed:
         # Called when announcements may have been missed (pub/sub reconnected: a Redis
         # restart or failover), for caches that a lost announcement would leave stale.
         self.resync_listeners: list[Callable[[], Awaitable[object]]] = []
+        # Until then (monotonic), the shared heads may lack commits: an announcement failed,
+        # or pub/sub reconnected (a Redis restart or failover may have lost the writes of
+        # heads). Readers that must see a user's own writes ask the primary meanwhile.
+        self.unsure_until = 0.0
+        self._subscribed_before = False
 
     async def announce(self, heads: dict[str, int], tables: set[str]) -> None:
         for scope, position in heads.items():
@@ -76,6 +81,7 @@ class ChangeFeed:
             await self.pubsub.publish(CHANGES_CHANNEL, orjson.dumps(heads))
         except Exception:  # committed already; a lost announcement only delays readers
             log.exception("could not announce committed changes")
+            self.distrust_heads()
         for listener in self.listeners:
             try:
                 await listener(heads, tables)
@@ -96,6 +102,14 @@ class ChangeFeed:
                 self.local.raise_to(scope, head)
             result.append(head)
         return result
+
+    def distrust_heads(self) -> None:
+        self.unsure_until = time.monotonic() + self.head_ttl
+
+    @property
+    def heads_trusted(self) -> bool:
+        """Whether the shared heads hold every announced commit (see `unsure_until`)."""
+        return time.monotonic() >= self.unsure_until
 
     async def newest(self, scopes: Sequence[str]) -> int:
         """The newest position announced in any of `scopes` (0: none known). Asks the shared
@@ -118,6 +132,9 @@ class ChangeFeed:
                 if message == RESYNC:
                     # We may have missed announcements: forget, and ask the cache again.
                     self.local.clear()
+                    if self._subscribed_before:  # not the first connection: a reconnect
+                        self.distrust_heads()
+                    self._subscribed_before = True
                     for resync_listener in self.resync_listeners:
                         try:
                             await resync_listener()

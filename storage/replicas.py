@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +47,9 @@ from storage.pull import log_head
 
 log = logging.getLogger("freshroots.replicas")
 T = TypeVar("T")
+
+# A check waits this long at most, admission included (a replica that does not answer is down).
+CHECK_TIMEOUT_SECONDS = 5.0
 
 # What a routed read's outcome is counted as (`ReadRouter.counts`, the /metrics counter).
 ON_REPLICA = "replica"
@@ -153,11 +157,13 @@ class ReadRouter:
             except Overloaded:
                 # Its connections are all busy: the primary may have room; the replica is fine.
                 self._count(BUSY)
-            except (ServiceUnavailable, exc.DBAPIError) as error:
-                if isinstance(error, exc.DBAPIError) and not _replica_trouble(error):
-                    raise  # our bug, not the replica's: it would fail on the primary too
+            except (ServiceUnavailable, exc.DBAPIError, TimeoutError) as error:
+                verdict = _judge(error)
+                if verdict == OURS:
+                    raise  # it would fail on the primary too (a bug, a statement timeout)
                 self._count(FAILED)
-                self._take_out(replica, f"a read failed ({_short(error)})")
+                if verdict == REPLICA_DOWN:
+                    self._take_out(replica, f"a read failed ({_short(error)})")
         async with self.primary.read(priority) as conn:
             return await work(conn)
 
@@ -180,18 +186,23 @@ class ReadRouter:
         """One round: where the primary stands, then each replica's head and lag."""
         now = self.clock()
         try:
-            async with asyncio.timeout(max(1.0, self.check_seconds * 2)):
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
                 async with self.primary.read(Priority.NORMAL) as conn:
                     primary_head = await log_head(conn)
-        except Exception as error:  # the primary's trouble is reported where it is used
-            log.debug("replica check skipped: primary unreadable (%s)", _short(error))
-            return
-        history = self._primary_heads
-        if not history or history[-1][1] != primary_head:
-            history.append((now, primary_head))
-        # Keep one observation older than the lag limit: the lag is then known past it.
-        while len(history) > 1 and history[1][0] < now - self.max_lag_seconds * 2:
-            history.popleft()
+        except Exception as error:
+            # The primary's trouble is reported where it is used. The replicas are still
+            # checked against what we saw of it: a replica that stopped replaying keeps
+            # falling behind by the clock, so it leaves rotation while the primary is busy.
+            log.debug("replica check: primary unreadable (%s)", _short(error))
+        else:
+            history = self._primary_heads
+            if not history or history[-1][1] != primary_head:
+                history.append((now, primary_head))
+            # Keep one observation older than the lag limit: the lag is then known past it.
+            while len(history) > 1 and history[1][0] < now - self.max_lag_seconds * 2:
+                history.popleft()
+        if not self._primary_heads:
+            return  # nothing to measure a replica against yet
         for replica in self.replicas:
             if not replica.in_rotation and now < replica.retry_at:
                 continue
@@ -199,20 +210,23 @@ class ReadRouter:
 
     async def _check_one(self, replica: Replica, now: float) -> None:
         try:
-            async with asyncio.timeout(max(1.0, self.check_seconds * 2)):
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
                 async with replica.db.read(Priority.NORMAL) as conn:
                     head = await log_head(conn)
+        except Overloaded:
+            return  # every connection busy with reads: a working replica, as it stands
         except Exception as error:
             self._take_out(replica, f"unreachable ({_short(error)})")
             return
         replica.head = head
         replica.lag_seconds = self.lag_of(head, now)
         if replica.lag_seconds > self.max_lag_seconds:
-            self._take_out(
-                replica,
-                f"{replica.lag_seconds:.1f} s behind the primary "
-                f"(REPLICA_MAX_LAG_SECONDS={self.max_lag_seconds:g})",
+            behind = (
+                f"{replica.lag_seconds:.1f} s behind the primary"
+                if replica.lag_seconds != math.inf
+                else "behind every position this process has seen on the primary"
             )
+            self._take_out(replica, f"{behind} (REPLICA_MAX_LAG_SECONDS={self.max_lag_seconds:g})")
         elif not replica.in_rotation:
             # A return is worth a warning (it was out, and said so); the first check is news.
             report = log.info if replica.why_out == NOT_CHECKED else log.warning
@@ -226,21 +240,44 @@ class ReadRouter:
 
     def lag_of(self, head: int, now: float) -> float:
         """How long ago the primary first held a position past `head` (0: it holds nothing
-        the replica lacks, as of the newest observation)."""
-        for seen_at, primary_head in self._primary_heads:
+        the replica lacks, as of the newest observation). Behind even the oldest position
+        we kept (seen at start-up, or more than twice the lag limit ago): how far behind is
+        unknown, and counts as too far (inf) until the replica reaches a position we saw."""
+        history = self._primary_heads
+        if history and head < history[0][1]:
+            return math.inf
+        for seen_at, primary_head in history:
             if primary_head > head:
                 return max(0.0, now - seen_at)
         return 0.0
 
 
-def _replica_trouble(error: exc.DBAPIError) -> bool:
-    """Errors a replica gives that the primary would not: the connection went away, or a
-    query was cancelled because it conflicted with WAL replay (SQLSTATE 40001 on a standby)."""
-    return (
-        error.connection_invalidated
-        or is_retryable(error)
-        or isinstance(error, exc.OperationalError | exc.InterfaceError)
-    )
+# What a failed replica read says (`_judge`).
+OURS = "ours"  # the work itself failed: it would on the primary too; the error stands
+REPLICA_DOWN = "down"  # the replica is gone or unreachable: out of rotation, read elsewhere
+THIS_READ = "this read"  # only this read could not run there: read elsewhere, keep the replica
+
+# SQLSTATEs a replica gives for one read while it is fine: a query cancelled for a conflict
+# with WAL replay (40001, 40P01), and a table or column a migration has not replayed yet.
+ONE_READ_SQLSTATES = {"40001", "40P01", "42P01", "42703"}
+# A statement that ran into statement_timeout: as slow on the primary; not the replica's fault.
+STATEMENT_TIMEOUT = "57014"
+
+
+def _judge(error: BaseException) -> str:
+    cause = error.__cause__ if isinstance(error, ServiceUnavailable) else error
+    if isinstance(error, TimeoutError) or isinstance(cause, TimeoutError):
+        return REPLICA_DOWN  # no answer within the bound: a hung connection or host
+    if not isinstance(cause, exc.DBAPIError):
+        return REPLICA_DOWN  # translated connection trouble (storage.db._translate)
+    sqlstate = getattr(cause.orig, "sqlstate", None) or ""
+    if sqlstate == STATEMENT_TIMEOUT:
+        return OURS
+    if sqlstate in ONE_READ_SQLSTATES or is_retryable(cause):
+        return THIS_READ
+    if cause.connection_invalidated or isinstance(cause, exc.OperationalError | exc.InterfaceError):
+        return REPLICA_DOWN
+    return OURS
 
 
 def _short(error: BaseException) -> str:

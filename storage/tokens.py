@@ -206,6 +206,23 @@ return {'ok', fields[1], fields[2]}
 """
 
 
+# KEYS: the token's hash, the user's family set; ARGV: user, family, secret digest, TTL (s).
+# One command (not a MULTI pipeline) so that WAIT on the same connection covers it.
+_STORE = """
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'family', ARGV[2], 'hash', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS: family revocation markers to set; ARGV: their TTL (s).
+_MARK_FAMILIES = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, '1', 'EX', ARGV[1]) end
+return #KEYS
+"""
+
+
 class RedisTokenStore:
     """Same contract as DatabaseTokenStore; the spend check is one atomic Lua script. A revoked
     family is a marker key checked by that script, so a successor issued for a family being
@@ -230,18 +247,25 @@ class RedisTokenStore:
         self._lifetime = lifetime_seconds
         self._grace_ms = reuse_grace_seconds * 1000
         self._rotate = client.register_script(_ROTATE)
+        self._store = client.register_script(_STORE)
+        self._mark_families = client.register_script(_MARK_FAMILIES)
         self._replicated = replicated
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[Redis]:
-        """The client to write with: one connection, confirmed on a replica at the end (WAIT
-        covers the writes of the connection it is sent on), when replicated."""
+        """The client to write with: when replicated, one connection, confirmed on a replica
+        at the end, also when the block refuses the token after writing (a reuse revokes the
+        family). WAIT covers only the writes of the connection it is sent on, so every write
+        in the block goes through this client as a single command (a script): a pipeline
+        would take another connection from the pool."""
         if not self._replicated:
             yield self._redis
             return
         async with self._redis.client() as single:
-            yield single
-            await confirm_replicated(single)
+            try:
+                yield single
+            finally:
+                await confirm_replicated(single)
 
     def _token_key(self, token_id: str) -> str:
         return f"{self._prefix}rt:{token_id}"
@@ -259,15 +283,11 @@ class RedisTokenStore:
     async def _issue(self, client: Redis, user_id: str, family_id: str | None) -> str:
         family_id = family_id or secrets.token_hex(16)
         token_id, secret, token = _new_token()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._token_key(token_id),
-                mapping={"user": user_id, "family": family_id, "hash": _digest(secret)},
-            )
-            pipe.expire(self._token_key(token_id), self._lifetime)
-            pipe.sadd(self._user_key(user_id), family_id)
-            pipe.expire(self._user_key(user_id), self._lifetime)
-            await pipe.execute()
+        await self._store(
+            keys=[self._token_key(token_id), self._user_key(user_id)],
+            args=[user_id, family_id, _digest(secret), self._lifetime],
+            client=client,
+        )
         return token
 
     async def rotate(self, token: str) -> Rotation:
@@ -303,7 +323,9 @@ class RedisTokenStore:
     async def revoke_user(self, user_id: str) -> None:
         families = await self._redis.smembers(self._user_key(user_id))
         if families:
-            async with self._writing() as client, client.pipeline(transaction=True) as pipe:
-                for family in families:
-                    pipe.set(self._family_key(_text(family)), "1", ex=self._lifetime)
-                await pipe.execute()
+            async with self._writing() as client:
+                await self._mark_families(
+                    keys=[self._family_key(_text(family)) for family in families],
+                    args=[self._lifetime],
+                    client=client,
+                )

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.scopes import Principal
+from storage.scopes import ADMIN, PUBLIC, Principal
 from sync_server.services import Services
 
 T = TypeVar("T")
@@ -30,6 +30,8 @@ async def own_writes(services: Services, principal: Principal | None) -> int | N
     (0 for nobody's: an anonymous reader wrote nothing); None when it cannot be known now."""
     if principal is None:
         return 0
+    if not services.feed.heads_trusted:
+        return None  # heads may have been lost lately (a Redis failover): the primary knows
     # A buyer writes only their own scope; an admin's writes (listings, decisions) are all in
     # the admin scope as well.
     scopes = principal.scopes if principal.is_admin else principal.scopes[1:]
@@ -44,15 +46,32 @@ async def read(
     work: Callable[[AsyncConnection], Awaitable[T]],
     *,
     writer: Principal | None,
-    after: int = 0,
+    after: int | None = 0,
 ) -> T:
-    """`work(conn)` on a replica when one holds position `after` (a cursor's) and the
-    `writer`'s own writes (the person the answer is for, when what they wrote is in it), else
-    on the primary. `work` may run twice: it only reads."""
-    if not services.reads.replicas:
+    """`work(conn)` on a replica when one holds position `after` (a cursor's; None: the
+    primary only) and the `writer`'s own writes (the person the answer is for, when what they
+    wrote is in it), else on the primary. `work` may run twice: it only reads."""
+    if not services.reads.replicas or after is None:
         return await services.reads.run(work, at_least=after)
     own = await own_writes(services, writer)
     return await services.reads.run(work, at_least=None if own is None else max(after, own))
+
+
+async def catalogue_position(services: Services, principal: Principal | None) -> int | None:
+    """The position a listing read must include: the newest change announced in the
+    catalogue the reader sees (public, or admin). Listing pages are cached under a generation
+    that every listing change renews (after announcing its position): a page built from a
+    replica that has not replayed that change would be kept as current under the new
+    generation. None (the primary) when the heads cannot be asked or trusted."""
+    if not services.reads.replicas:
+        return 0
+    if not services.feed.heads_trusted:
+        return None
+    scope = ADMIN if principal is not None and principal.is_admin else PUBLIC
+    try:
+        return await services.feed.newest((scope,))
+    except Exception:
+        return None
 
 
 def on_primary(services: Services, conn: AsyncConnection) -> bool:

@@ -10,7 +10,10 @@ pulls on either instance converge to what the sockets hold.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
+import signal
 import threading
 import time
 from collections import Counter
@@ -22,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from storage.push import MAX_MUTATIONS
+from storage.redis_client import RedisTarget
+from storage.tokens import RedisTokenStore
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, purchase, register
 from tests.support.processes import ServerProcess, start_server
@@ -557,3 +563,39 @@ def test_sign_ins_and_catalogue_reads_during_a_failover_are_503s_and_fresh_after
                 f"during the outage: {catalogue}"
             )
         assert problems == [], summary(problems)
+
+
+def test_token_writes_wait_for_the_replica_on_the_connection_that_wrote_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under Sentinel a sign-in, a rotation and a sign-out everywhere are each answered only
+    once a replica acknowledged them (WAIT, sent on the connection that made the writes, which
+    is what Redis documents it to cover). With the replica frozen (SIGSTOP), each of the three
+    waits its 100 ms and says so; with the replica running, none waits in vain."""
+
+    async def exercise(group: SentinelGroup) -> None:
+        target = RedisTarget(sentinels=tuple(group.sentinel_addresses), master=MASTER)
+        client = target.connect()
+        store = RedisTokenStore(client, "frwait:", 3600, 60, replicated=True)
+        try:
+            token = await store.issue("user-1")
+            await store.rotate(token)
+            await store.revoke_user("user-1")
+        finally:
+            await client.aclose()
+
+    def unconfirmed() -> int:
+        return sum("no Redis replica acknowledged" in r.getMessage() for r in caplog.records)
+
+    with sentinel_group(MASTER) as group:
+        group.wait_until_replicated()
+        caplog.set_level(logging.WARNING, logger="freshroots.redis")
+        asyncio.run(exercise(group))
+        assert unconfirmed() == 0
+        replica = next(node for node in group.data_nodes if node.role == "replica")
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            asyncio.run(exercise(group))
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        assert unconfirmed() == 3  # the issue, the rotation (its successor), the sign-out

@@ -169,6 +169,18 @@ def check_a_paused_replica(deployment: Deployment, primary_only: str) -> None:
     assert replica_reads(deployment) > before, "pulls did not reach the replica"
 
     deployment.cluster.pause_replay()
+    # A listing read right after an edit the replica lacks shows the edit, on either instance,
+    # for anyone (listing pages are cached under a generation the edit renewed: one read from
+    # the replica would keep the old price for LISTINGS_CACHE_SECONDS).
+    edited = listings[-1]["id"]
+    response = admin.patch(f"/api/admin/listings/{edited}", json={"price": 4321})
+    assert response.status_code == 200, response.text
+    for url in deployment.urls:
+        for _ in range(3):
+            shown = httpx.get(f"{url}/api/listings/{edited}", timeout=10).json()
+            assert shown["price"] == 4321, "a listing read served a replica's older copy"
+            found = httpx.get(f"{url}/api/listings", params={"limit": 100}, timeout=10).json()
+            assert [item["price"] for item in found["items"] if item["id"] == edited] == [4321]
     # Changes the replica lacks: the watcher reads them on the primary, then, once there is
     # something newer still, polls through the replica's instances with a cursor past
     # everything the replica holds.
@@ -223,15 +235,18 @@ def check_a_paused_replica(deployment: Deployment, primary_only: str) -> None:
             stop.set()
         assert editing.result() > 0
 
-    paused = deployment.cluster.replica.query("SELECT pg_get_wal_replay_pause_state()", "postgres")[
-        0
-    ][0]
-    assert paused == "paused", "the replica replayed during the test: nothing lagged"
+    state = deployment.cluster.replica.query("SELECT pg_get_wal_replay_pause_state()")
+    assert state[0][0] == "paused", "the replica replayed during the test: nothing lagged"
     behind = sum(metric(url, "freshroots_db_reads", outcome="behind") for url in deployment.urls)
     assert behind > 0, "no read found the replica behind: the lag was never exercised"
     # Three seconds behind (REPLICA_MAX_LAG_SECONDS): out of rotation until it catches up.
     for url in deployment.urls:
         wait_for_metric(url, "freshroots_db_replica_in_rotation", 0)
+    # An instance started now has watched the primary for no time at all: a replica behind
+    # everything it has seen is not taken for a current one.
+    with server_processes(deployment.env, 1) as (newcomer,):
+        time.sleep(1.0)  # five checks
+        assert metric(newcomer.base_url, "freshroots_db_replica_in_rotation") == 0
 
     deployment.cluster.resume_replay()
     deployment.cluster.wait_until_replayed()
