@@ -333,11 +333,17 @@ def test_dashboard_analytics_charts(
     # Over a year the server sends only the days with orders; the axis still spans the range,
     # in months, with the years.
     long_ago = (today - timedelta(days=800)).isoformat()
+    one_day_labels = page.locator("#orders-chart .plot").get_attribute("data-x-labels")
     page.fill("#range input[name=from]", long_ago)
     page.click("#range button")
+    # The new range's chart, not the one-day chart still on the page while it loads (the
+    # hash changes first: reading then gave the old labels under load).
     page.wait_for_function(
-        "(day) => location.hash.includes(day) && document.querySelector('#orders-chart canvas')",
-        arg=long_ago,
+        "([day, old]) => location.hash.includes(day) && "
+        "document.querySelector('#orders-chart canvas') && "
+        "[undefined, '', old].indexOf("
+        "document.querySelector('#orders-chart .plot')?.dataset.xLabels) < 0",
+        arg=[long_ago, one_day_labels],
     )
     x_labels = page.locator("#orders-chart .plot").get_attribute("data-x-labels").split("|")
     assert re.fullmatch(r"1 [A-Z][a-z]{2,3} \d{4}", x_labels[0]), x_labels
