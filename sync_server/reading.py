@@ -58,11 +58,9 @@ async def read(
 
 
 async def catalogue_position(services: Services, principal: Principal | None) -> int | None:
-    """The position a listing read must include: the newest change announced in the
-    catalogue the reader sees (public, or admin). Listing pages are cached under a generation
-    that every listing change renews (after announcing its position): a page built from a
-    replica that has not replayed that change would be kept as current under the new
-    generation. None (the primary) when the heads cannot be asked or trusted."""
+    """The newest change announced in the catalogue the reader sees (public, or admin): what
+    a listing page must hold to be cached as current (sync_server/routes/listings.py). 0 with
+    no replica (every read is the primary's); None when the heads cannot be asked or trusted."""
     if not services.reads.replicas:
         return 0
     if not services.feed.heads_trusted:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import insert
@@ -23,6 +24,7 @@ from integrations.media.cloudinary_media import is_valid_public_id, wants_low_ba
 from storage.db import now_ms
 from storage.listings import ListingQuery, get_listing, search_listings
 from storage.models import SearchLog
+from storage.pull import log_head
 from storage.scopes import Principal
 from sync_server import reading
 from sync_server.http import (
@@ -33,6 +35,8 @@ from sync_server.http import (
     query_int,
 )
 from sync_server.services import Services, services_of
+
+T = TypeVar("T")
 
 GENERATION_KEY = "listings:generation"
 GENERATION_TTL = 86_400
@@ -133,16 +137,11 @@ async def list_listings(request: Request) -> Response:
         async def search(conn: AsyncConnection) -> tuple[list[dict[str, Any]], str | None]:
             return await search_listings(conn, services.db.dialect, principal, query)
 
-        items, next_cursor = await reading.read(
-            services,
-            search,
-            # The catalogue's newest change covers an admin's own edits too.
-            writer=None,
-            after=await reading.catalogue_position(services, principal),
-        )
+        (items, next_cursor), current = await _read_catalogue(services, principal, search)
         items = [with_image_urls(services, request, item) for item in items]
         body = orjson.dumps({"items": items, "next_cursor": next_cursor})
-        await _store(services, key, body)
+        if current:
+            await _store(services, key, body)
     if query.q and query.cursor is None:
         # Every search counts (cached or not): "searches with no results" feed the catalogue.
         results = len(orjson.loads(body)["items"])
@@ -178,19 +177,41 @@ async def one_listing(request: Request) -> Response:
         async def read_listing(conn: AsyncConnection) -> dict[str, Any]:
             return await get_listing(conn, principal, listing_id)
 
-        listing = await reading.read(
-            services,
-            read_listing,
-            # The catalogue's newest change covers an admin's own edits too.
-            writer=None,
-            after=await reading.catalogue_position(services, principal),
-        )
+        listing, current = await _read_catalogue(services, principal, read_listing)
         body = orjson.dumps(with_image_urls(services, request, listing))
-        await _store(services, key, body)
+        if current:
+            await _store(services, key, body)
     services.track(
         principal.user_id if principal else "anonymous", "listing_viewed", listing_id=listing_id
     )
     return Response(body, media_type="application/json")
+
+
+async def _read_catalogue(
+    services: Services,
+    principal: Principal | None,
+    read: Callable[[AsyncConnection], Awaitable[T]],
+) -> tuple[T, bool]:
+    """`read(conn)` for a listing page, and whether the page may be cached as current.
+
+    Listing pages are cached under a generation that every listing change renews, after
+    announcing its position. A buyer's or visitor's read may come from any replica in
+    rotation (a listing as it was a moment ago, like a phone's copy), but is cached only when
+    it holds the catalogue's newest announced change: else a replica's older copy would be
+    kept as current under the new generation for LISTINGS_CACHE_SECONDS. An admin's read
+    must include that change (their own edit, which they look at next)."""
+    position = await reading.catalogue_position(services, principal)
+    is_admin = principal is not None and principal.is_admin
+
+    async def read_and_judge(conn: AsyncConnection) -> tuple[T, bool]:
+        result = await read(conn)
+        if reading.on_primary(services, conn):
+            return result, True
+        return result, position is not None and await log_head(conn) >= position
+
+    return await reading.read(
+        services, read_and_judge, writer=None, after=position if is_admin else 0
+    )
 
 
 routes = [
