@@ -414,11 +414,9 @@ class ReplicaWatch:
 
 def routed_reads(base_url: str) -> dict[str, float]:
     """freshroots_db_reads by outcome, as the server counts them since it started."""
-    found: dict[str, float] = {}
     text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    for match in re.finditer(r'^freshroots_db_reads\{outcome="(\w+)"\} (\S+)$', text, re.M):
-        found[match.group(1)] = float(match.group(2))
-    return found
+    pattern = r'^freshroots_db_reads\{outcome="(\w+)"\} (\S+)$'
+    return {outcome: float(value) for outcome, value in re.findall(pattern, text, re.M)}
 
 
 # -- one run -------------------------------------------------------------------------------------

@@ -141,10 +141,11 @@ class ReadRouter:
         """`work(conn)` in a read-only transaction that holds every log entry up to `at_least`
         (None: the primary only). `work` may run twice (on a replica that then failed, and
         on the primary), so it must only read and return what it read."""
-        replica = self._choose(at_least) if at_least is not None else PRIMARY_ONLY
-        if isinstance(replica, str) or at_least is None:
-            self._count(replica if isinstance(replica, str) else PRIMARY_ONLY)
+        replica = PRIMARY_ONLY if at_least is None else self._choose(at_least)
+        if isinstance(replica, str):
+            self._count(replica)
         else:
+            assert at_least is not None  # a replica is chosen only for a position
             try:
                 async with replica.db.read(priority) as conn:
                     head = await log_head(conn)

@@ -25,20 +25,28 @@ from sync_server.services import Services
 T = TypeVar("T")
 
 
+async def newest_announced(services: Services, scopes: tuple[str, ...]) -> int | None:
+    """The newest position announced in `scopes` (0: none), or None when the shared heads
+    cannot be asked, or may have lost announcements lately (a Redis failover): then only the
+    primary is sure to hold them."""
+    if not services.feed.heads_trusted:
+        return None
+    try:
+        return await services.feed.newest(scopes)
+    except Exception:
+        return None
+
+
 async def own_writes(services: Services, principal: Principal | None) -> int | None:
     """The position a read for `principal` must include for their own writes to be in it
     (0 for nobody's: an anonymous reader wrote nothing); None when it cannot be known now."""
     if principal is None:
         return 0
-    if not services.feed.heads_trusted:
-        return None  # heads may have been lost lately (a Redis failover): the primary knows
     # A buyer writes only their own scope; an admin's writes (listings, decisions) are all in
     # the admin scope as well.
-    scopes = principal.scopes if principal.is_admin else principal.scopes[1:]
-    try:
-        return await services.feed.newest(scopes)
-    except Exception:
-        return None
+    return await newest_announced(
+        services, principal.scopes if principal.is_admin else principal.scopes[1:]
+    )
 
 
 async def read(
@@ -63,13 +71,8 @@ async def catalogue_position(services: Services, principal: Principal | None) ->
     no replica (every read is the primary's); None when the heads cannot be asked or trusted."""
     if not services.reads.replicas:
         return 0
-    if not services.feed.heads_trusted:
-        return None
     scope = ADMIN if principal is not None and principal.is_admin else PUBLIC
-    try:
-        return await services.feed.newest((scope,))
-    except Exception:
-        return None
+    return await newest_announced(services, (scope,))
 
 
 def on_primary(services: Services, conn: AsyncConnection) -> bool:

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from storage.redis_client import RedisTarget
 from storage.tokens import RedisTokenStore
 from tests.conftest import ADMIN_PASSWORD, Backend
 from tests.support.api import Api, client_id, login, purchase, register
-from tests.support.processes import ServerProcess, start_server
+from tests.support.processes import server_processes
 from tests.support.redis_sentinel import SentinelGroup, sentinel_group
 from tests.support.replica import Replica, build, without_empty
 from tests.support.ws import LiveClient
@@ -270,31 +270,6 @@ def publish_listings(
 # -- servers -------------------------------------------------------------------------------
 
 
-@contextmanager
-def instances_logging_to(
-    env: dict[str, str], directory: Path, count: int = 2
-) -> Iterator[list[ServerProcess]]:
-    """Like `server_processes`, with each server's stderr in a file. During the outage a
-    server logs a traceback for every change it cannot announce; into an unread pipe, that
-    fills the pipe in a second and then blocks the server's event loop on a log write."""
-    with ExitStack() as stack:
-        servers = []
-        for number in range(count):
-            log = stack.enter_context((directory / f"server-{number}.log").open("wb"))
-            servers.append(start_server(env, log=log))
-        try:
-            yield servers
-        finally:
-            for server in servers:
-                if server.process.poll() is None:
-                    server.process.terminate()
-            for server in servers:
-                try:
-                    server.process.wait(timeout=10)
-                except Exception:
-                    server.kill()
-
-
 def log_tails(directory: Path, lines: int = 12, width: int = 600) -> str:
     """The servers' last log lines, each cut short (a JSON line carries a whole traceback)."""
     tails = []
@@ -377,7 +352,7 @@ def test_a_redis_master_crash_mid_traffic_fails_over_and_loses_nothing(
 ) -> None:
     with (
         sentinel_group(MASTER) as group,
-        instances_logging_to(sentinel_env(services_backend, group), tmp_path) as (a, b),
+        server_processes(sentinel_env(services_backend, group), 2, logs=tmp_path) as (a, b),
         debuggable(group, tmp_path),
     ):
         instances = [a.base_url, b.base_url]
@@ -518,7 +493,7 @@ def test_sign_ins_and_catalogue_reads_during_a_failover_are_503s_and_fresh_after
     current)."""
     with (
         sentinel_group(MASTER) as group,
-        instances_logging_to(sentinel_env(services_backend, group), tmp_path, 1) as (server,),
+        server_processes(sentinel_env(services_backend, group), 1, logs=tmp_path) as (server,),
         debuggable(group, tmp_path),
         httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT) as http,
     ):

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import httpx
@@ -64,15 +65,25 @@ def start_server(
 
 
 @contextmanager
-def server_processes(env: dict[str, str], count: int) -> Iterator[list[ServerProcess]]:
-    servers = [start_server(env) for _ in range(count)]
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            if server.process.poll() is None:
-                server.process.terminate()
-                try:
-                    server.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+def server_processes(
+    env: dict[str, str], count: int, logs: Path | None = None
+) -> Iterator[list[ServerProcess]]:
+    """`logs`: a folder for each server's stderr (`server-<n>.log`), for servers that may log
+    a lot (an outage logs a line per failed announcement): an unread pipe fills in a second
+    and then blocks the server's event loop on a log write."""
+    with ExitStack() as files:
+        streams = [
+            files.enter_context((logs / f"server-{number}.log").open("wb")) if logs else None
+            for number in range(count)
+        ]
+        servers = [start_server(env, log=stream) for stream in streams]
+        try:
+            yield servers
+        finally:
+            for server in servers:
+                if server.process.poll() is None:
+                    server.process.terminate()
+                    try:
+                        server.process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        server.kill()
